@@ -1,0 +1,28 @@
+"""Adapters: the one contract between a user's model and everything else."""
+
+from genunc_lightning.adapters.base import (
+    SUPPORTED_LAST_LAYER_TYPES,
+    DiffusionAdapter,
+    LastLayerError,
+    apply_layer,
+    layer_parameters,
+    resolve_last_layer,
+    unpack_batch,
+    use_last_layer_weights,
+)
+from genunc_lightning.adapters.flow import FlowMatchingAdapter
+from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, alphas_cumprod
+
+__all__ = [
+    "SUPPORTED_LAST_LAYER_TYPES",
+    "DiffusionAdapter",
+    "FlowMatchingAdapter",
+    "GaussianDiffusionAdapter",
+    "LastLayerError",
+    "alphas_cumprod",
+    "apply_layer",
+    "layer_parameters",
+    "resolve_last_layer",
+    "unpack_batch",
+    "use_last_layer_weights",
+]

@@ -1,0 +1,189 @@
+"""Gaussian diffusion (DDPM family): ε-, v- and x0-prediction; DDPM and DDIM samplers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from genunc_lightning import seeding
+from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
+
+
+class Prediction(str, Enum):
+    """What the denoiser predicts."""
+
+    EPS = "eps"
+    V = "v"
+    X0 = "x0"
+
+
+class Schedule(str, Enum):
+    """Noise schedule of the forward process."""
+
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class Sampler(str, Enum):
+    """Reverse-process sampler."""
+
+    DDPM = "ddpm"
+    DDIM = "ddim"
+
+
+def alphas_cumprod(schedule: str, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """ᾱ_t for t = 0 … num_steps − 1 in float64.
+
+    ``linear``: Ho et al. (2020) betas from ``beta_start`` to ``beta_end``. ``cosine``: Nichol and
+    Dhariwal (2021), betas clipped at 0.999.
+    """
+    schedule = Schedule(schedule)
+    if schedule is Schedule.LINEAR:
+        betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    else:
+        s = 0.008
+        steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sampling_timesteps(num_train_steps: int, steps: int) -> torch.Tensor:
+    """Evenly spaced training timesteps from the noisiest down to 0, ``steps`` of them."""
+    if not 1 <= steps <= num_train_steps:
+        raise ValueError(f"steps must be in [1, {num_train_steps}], got {steps}.")
+    return torch.linspace(num_train_steps - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+class GaussianDiffusionAdapter(DiffusionAdapter):
+    """Adapter for a denoiser trained on the Gaussian forward process x_t = √ᾱ x0 + √(1−ᾱ) ε.
+
+    The denoiser is called as ``denoiser(x_t, t)`` or ``denoiser(x_t, t, y)`` with ``t`` the
+    float training timestep in [0, num_train_steps); override ``call_denoiser`` for another
+    signature.
+
+    Args:
+        denoiser: the network.
+        last_layer: dotted name of its last layer.
+        sample_shape: shape of one sample.
+        num_classes: classes of a class-conditional model, or ``None``.
+        prediction: ``eps``, ``v`` or ``x0``.
+        schedule: ``linear`` or ``cosine``.
+        num_train_steps: number of training timesteps.
+        beta_start: first beta of the linear schedule.
+        beta_end: last beta of the linear schedule.
+        sampler: ``ddim`` (deterministic unless ``eta`` > 0) or ``ddpm`` (ancestral; DDIM with η = 1).
+        steps: default number of sampling steps.
+        eta: DDIM noise scale; ``None`` means 0 for ``ddim`` and 1 for ``ddpm``.
+        clip_denoised: clamp the predicted x0 to ``image_range`` at every step (ADM does for pixels).
+        output_channels: keep only the first channels of the output (ADM and DiT learn the variance
+            in the remaining channels); ``None`` keeps all.
+        image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        last_layer: str,
+        sample_shape: Sequence[int],
+        num_classes: int | None = None,
+        prediction: str = "eps",
+        schedule: str = "linear",
+        num_train_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        sampler: str = "ddim",
+        steps: int = 50,
+        eta: float | None = None,
+        clip_denoised: bool = False,
+        output_channels: int | None = None,
+        image_range: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range)
+        self.prediction = Prediction(prediction)
+        self.sampler = Sampler(sampler)
+        self.num_train_steps = int(num_train_steps)
+        self.steps = int(steps)
+        self.eta = float(eta) if eta is not None else (1.0 if self.sampler is Sampler.DDPM else 0.0)
+        if clip_denoised and image_range is None:
+            raise ValueError("clip_denoised needs image_range, the range to clamp the predicted x0 to.")
+        self.clip_denoised = clip_denoised
+        self.output_channels = output_channels
+        self.register_buffer(
+            "alphas_cumprod", alphas_cumprod(schedule, self.num_train_steps, beta_start, beta_end), persistent=False
+        )
+        sampling_timesteps(self.num_train_steps, self.steps)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
+        out = self.call_denoiser(x, t.to(x.dtype), y)
+        return out[:, : self.output_channels] if self.output_channels is not None else out
+
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.alphas_cumprod[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        return a.sqrt(), (1 - a).sqrt()
+
+    def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
+        """Prediction − target at a per-example uniform t and Gaussian noise (see base class)."""
+        x0, y = unpack_batch(batch)
+        gens = seeding.generators(seeds, x0.device)
+        t = seeding.randint(gens, self.num_train_steps, x0.device)
+        eps = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)
+        sa, sb = self._coefficients(t, x0)
+        xt = sa * x0 + sb * eps
+        target = {Prediction.EPS: eps, Prediction.X0: x0, Prediction.V: sa * eps - sb * x0}[self.prediction]
+        return self.predict(xt, t, y) - target
+
+    def denoised(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted x0, predicted ε) at timestep ``t`` (a LongTensor [B])."""
+        out = self.predict(x, t, y)
+        sa, sb = self._coefficients(t, x)
+        if self.prediction is Prediction.EPS:
+            eps, x0 = out, (x - sb * out) / sa
+        elif self.prediction is Prediction.X0:
+            x0, eps = out, (x - sa * out) / sb
+        else:
+            x0, eps = sa * x - sb * out, sb * x + sa * out
+        if self.clip_denoised:
+            x0 = x0.clamp(*self.image_range)
+            eps = (x - sa * x0) / sb
+        return x0, eps
+
+    def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
+        device = self.alphas_cumprod.device
+        dtype = next(self.denoiser.parameters()).dtype
+        gens = seeding.generators(seeds, device)
+        x = seeding.randn(gens, self.sample_shape, device, dtype)
+        y = classes.to(device) if classes is not None else None
+        timesteps = sampling_timesteps(self.num_train_steps, steps or self.steps).tolist()
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            x = self.ddim_step(x, t, t_prev, y, gens)
+        return x
+
+    def ddim_step(
+        self,
+        x: torch.Tensor,
+        t: int,
+        t_prev: int,
+        y: torch.Tensor | None,
+        gens: Sequence[torch.Generator],
+    ) -> torch.Tensor:
+        """One DDIM step from timestep ``t`` to ``t_prev`` (−1: the clean sample), noise scale η."""
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0, eps = self.denoised(x, tt, y)
+        if t_prev < 0:
+            return x0
+        a, a_prev = self.alphas_cumprod[t], self.alphas_cumprod[t_prev]
+        sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+        x_prev = a_prev.sqrt().item() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt().item() * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma.item() * seeding.randn(gens, x.shape[1:], x.device, x.dtype)
+        return x_prev

@@ -1,0 +1,503 @@
+"""The diagonal last-layer Laplace posterior: fit from a Fisher, sample, save, load, export.
+
+Precision = (N/n)·H/σ² + λ, with H the diagonal empirical Fisher of the per-example loss
+½‖prediction − target‖² over n examples (out of a training set of N), σ the observation noise
+and λ the prior precision. The variance is temperature / precision. Mean = the pretrained layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genunc_lightning.adapters.base import LastLayerError, layer_parameters, resolve_last_layer
+from genunc_lightning.io import atomic_path
+
+FORMAT = "genunc-lightning/diagonal-laplace"
+FORMAT_VERSION = "1"
+AUTO = "auto"
+
+
+class PosteriorFileError(ValueError):
+    """A posterior file is missing, truncated, or not a genunc-lightning posterior."""
+
+
+class PosteriorMismatchError(ValueError):
+    """A posterior does not belong to the model it is used with."""
+
+
+class ZeroFisherError(ValueError):
+    """The Fisher is zero everywhere: the loss does not move with the last layer."""
+
+
+# --- functional core -------------------------------------------------------------------------
+
+
+def mean_squared_residual(squared_residual_sum: float, num_residuals: int) -> float:
+    """σ² by maximum likelihood: the mean squared residual over every example and dimension."""
+    if num_residuals <= 0:
+        raise ValueError("No residuals were accumulated: the Fisher pass saw no examples.")
+    return float(squared_residual_sum) / num_residuals
+
+
+def log_marginal_likelihood(prior_precision: float, theta_sq_norm: float, h: torch.Tensor) -> float:
+    """Diagonal-Laplace log marginal likelihood as a function of λ, up to λ-free terms.
+
+    −½λ‖θ*‖² + (P/2)·log λ − ½ Σ_i log(h_i + λ), with h = (N/n)·H/σ² the likelihood precision.
+    """
+    h = h.double()
+    lam = float(prior_precision)
+    return -0.5 * lam * theta_sq_norm + 0.5 * h.numel() * math.log(lam) - 0.5 * torch.log(h + lam).sum().item()
+
+
+def optimal_prior_precision(theta_sq_norm: float, h: torch.Tensor, lo: float = 1e-12, hi: float = 1e12) -> float:
+    """The λ that maximises ``log_marginal_likelihood`` (bisection on its derivative in log λ).
+
+    The derivative ½[Σ h_i / (λ(h_i + λ)) − ‖θ*‖²] decreases strictly in λ, so the maximiser is
+    its unique root; it is clamped to [lo, hi].
+    """
+    h = h.double().flatten()
+    if theta_sq_norm <= 0:
+        return hi
+
+    def slope(lam: float) -> float:
+        return (h / (lam * (h + lam))).sum().item() - theta_sq_norm
+
+    a, b = math.log(lo), math.log(hi)
+    if slope(lo) <= 0:
+        return lo
+    if slope(hi) >= 0:
+        return hi
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        if slope(math.exp(mid)) > 0:
+            a = mid
+        else:
+            b = mid
+    return math.exp(0.5 * (a + b))
+
+
+def last_layer_fingerprint(layer: nn.Module) -> str:
+    """SHA-256 of the layer's type, parameter names, shapes and float32 values."""
+    digest = hashlib.sha256(type(layer).__name__.encode())
+    for name, p in layer_parameters(layer).items():
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- the posterior ----------------------------------------------------------------------------
+
+
+class DiagonalLaplacePosterior:
+    """Diagonal Gaussian over the last layer's parameters.
+
+    Build one with ``fit`` from a Fisher pass (see ``FisherAccumulationCallback``), or ``load``
+    one from disk.
+
+    Args:
+        last_layer: dotted name of the layer in the denoiser.
+        layer_type: class name of the layer (``Linear``, ``Conv2d``, …).
+        mean: the pretrained parameters by short name (``weight``, ``bias``).
+        fisher: the diagonal Fisher H by short name, same shapes, summed over n examples.
+        num_examples: n, the examples the Fisher was summed over.
+        dataset_size: N, the training-set size the likelihood is scaled to (default n).
+        sigma: observation noise σ.
+        prior_precision: λ.
+        temperature: multiplies the posterior variance.
+        fingerprint: ``last_layer_fingerprint`` of the pretrained layer.
+        info: extra facts kept in the file (how σ and λ were chosen, residual statistics).
+    """
+
+    def __init__(
+        self,
+        last_layer: str,
+        layer_type: str,
+        mean: Mapping[str, torch.Tensor],
+        fisher: Mapping[str, torch.Tensor],
+        num_examples: int,
+        dataset_size: int | None = None,
+        sigma: float = 1.0,
+        prior_precision: float = 1.0,
+        temperature: float = 1.0,
+        fingerprint: str = "",
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        if set(mean) != set(fisher):
+            raise ValueError(f"mean has parameters {sorted(mean)}, fisher has {sorted(fisher)}.")
+        for n in mean:
+            if mean[n].shape != fisher[n].shape:
+                raise ValueError(f"Parameter {n!r}: mean {tuple(mean[n].shape)} vs fisher {tuple(fisher[n].shape)}.")
+        if num_examples < 1:
+            raise ValueError("num_examples must be at least 1.")
+        if sigma <= 0 or prior_precision <= 0 or temperature < 0:
+            raise ValueError(
+                "sigma and prior_precision must be positive and temperature non-negative, got "
+                f"{sigma}, {prior_precision}, {temperature}."
+            )
+        self.last_layer = last_layer
+        self.layer_type = layer_type
+        self.mean = {n: v.detach().cpu().clone() for n, v in mean.items()}
+        self.fisher = {n: v.detach().cpu().double().clone() for n, v in fisher.items()}
+        self.num_examples = int(num_examples)
+        self.dataset_size = int(dataset_size) if dataset_size is not None else self.num_examples
+        self.sigma = float(sigma)
+        self.prior_precision = float(prior_precision)
+        self.temperature = float(temperature)
+        self.fingerprint = fingerprint
+        self.info = dict(info or {})
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        layer: nn.Module,
+        last_layer: str,
+        fisher: Mapping[str, torch.Tensor],
+        num_examples: int,
+        squared_residual_sum: float,
+        num_residuals: int,
+        sigma: float | str = AUTO,
+        prior_precision: float | str = AUTO,
+        dataset_size: int | None = None,
+        temperature: float = 1.0,
+    ) -> DiagonalLaplacePosterior:
+        """Builds the posterior around ``layer``'s current parameters from an accumulated Fisher.
+
+        Args:
+            layer: the pretrained last layer (its parameters become the mean).
+            last_layer: its dotted name.
+            fisher: H by parameter name, summed over ``num_examples`` examples.
+            num_examples: n.
+            squared_residual_sum: Σ r² over the pass, for ``sigma="auto"``.
+            num_residuals: the number of entries in that sum.
+            sigma: a positive float, or ``"auto"``: σ² = the mean squared residual.
+            prior_precision: a positive float, or ``"auto"``: the λ maximising the diagonal-Laplace
+                log marginal likelihood.
+            dataset_size: N (default n).
+            temperature: multiplies the posterior variance.
+
+        Raises:
+            ZeroFisherError: H is zero everywhere.
+        """
+        total = sum(float(v.double().abs().sum()) for v in fisher.values())
+        if not math.isfinite(total):
+            raise ValueError("The Fisher has NaN or inf entries: check the model and data for overflow.")
+        if total == 0.0:
+            raise ZeroFisherError(
+                f"The Fisher of {last_layer!r} is zero everywhere: the loss does not change with this layer. "
+                "Check that the named layer produces the prediction and that its output is not detached."
+            )
+        mse = mean_squared_residual(squared_residual_sum, num_residuals)
+        sigma_value = math.sqrt(mse) if sigma == AUTO else float(sigma)
+        n = int(num_examples)
+        big_n = int(dataset_size) if dataset_size is not None else n
+        mean = {k: v.detach().cpu().clone() for k, v in layer_parameters(layer).items()}
+        if prior_precision == AUTO:
+            h = torch.cat([f.double().flatten() for f in fisher.values()]) * (big_n / n) / sigma_value**2
+            theta_sq = sum(float(m.double().pow(2).sum()) for m in mean.values())
+            lam = optimal_prior_precision(theta_sq, h)
+        else:
+            lam = float(prior_precision)
+        info = {
+            "sigma_mode": "auto" if sigma == AUTO else "fixed",
+            "prior_precision_mode": "auto" if prior_precision == AUTO else "fixed",
+            "mean_squared_residual": mse,
+            "squared_residual_sum": float(squared_residual_sum),
+            "num_residuals": int(num_residuals),
+        }
+        return cls(
+            last_layer,
+            type(layer).__name__,
+            mean,
+            fisher,
+            n,
+            big_n,
+            sigma_value,
+            lam,
+            temperature,
+            last_layer_fingerprint(layer),
+            info,
+        )
+
+    def with_scale(
+        self,
+        sigma: float | None = None,
+        prior_precision: float | None = None,
+        temperature: float | None = None,
+        dataset_size: int | None = None,
+    ) -> DiagonalLaplacePosterior:
+        """A copy with other σ, λ, temperature or N (for sweeps); the Fisher is reused."""
+        return DiagonalLaplacePosterior(
+            self.last_layer,
+            self.layer_type,
+            self.mean,
+            self.fisher,
+            self.num_examples,
+            dataset_size if dataset_size is not None else self.dataset_size,
+            sigma if sigma is not None else self.sigma,
+            prior_precision if prior_precision is not None else self.prior_precision,
+            temperature if temperature is not None else self.temperature,
+            self.fingerprint,
+            self.info,
+        )
+
+    # -- the distribution ------------------------------------------------------------------
+
+    @property
+    def precision(self) -> dict[str, torch.Tensor]:
+        """(N/n)·H/σ² + λ per parameter, float64."""
+        scale = self.dataset_size / self.num_examples / self.sigma**2
+        return {n: f * scale + self.prior_precision for n, f in self.fisher.items()}
+
+    @property
+    def variance(self) -> dict[str, torch.Tensor]:
+        """temperature / precision per parameter, float64."""
+        return {n: self.temperature / p for n, p in self.precision.items()}
+
+    @property
+    def std(self) -> dict[str, torch.Tensor]:
+        """Posterior standard deviation per parameter, float64."""
+        return {n: v.sqrt() for n, v in self.variance.items()}
+
+    @property
+    def num_params(self) -> int:
+        """Number of last-layer parameters."""
+        return sum(m.numel() for m in self.mean.values())
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Draws ``num_samples`` weight sets, stacked on a leading dimension, on the CPU.
+
+        The same generator state gives bit-identical draws, also after ``save`` and ``load``.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+        out = {}
+        for name, std in self.std.items():
+            noise = torch.randn((num_samples, *std.shape), generator=generator, dtype=torch.float64)
+            out[name] = (self.mean[name].double() + std * noise).to(self.mean[name].dtype)
+        return out
+
+    def zero_variance(self) -> DiagonalLaplacePosterior:
+        """The same posterior at temperature 0: every draw equals the mean."""
+        return self.with_scale(temperature=0.0)
+
+    # -- model checks ----------------------------------------------------------------------
+
+    def check_compatible(self, model: nn.Module) -> nn.Module:
+        """Checks that ``model`` holds the pretrained layer this posterior was fitted on.
+
+        Args:
+            model: the denoiser (the module in which ``last_layer`` is a dotted name).
+
+        Returns:
+            The model's last layer.
+
+        Raises:
+            PosteriorMismatchError: the layer is missing, differs in type or shape, or holds other
+                weights than the ones the posterior was fitted around.
+        """
+        try:
+            layer = resolve_last_layer(model, self.last_layer)
+        except LastLayerError as err:
+            raise PosteriorMismatchError(
+                f"The posterior is for last layer {self.last_layer!r} ({self._describe()}), "
+                f"which this {type(model).__name__} does not have: {err}"
+            ) from err
+        params = layer_parameters(layer)
+        model_desc = ", ".join(f"{n} {tuple(p.shape)}" for n, p in params.items())
+        if type(layer).__name__ != self.layer_type or {n: tuple(p.shape) for n, p in params.items()} != {
+            n: tuple(m.shape) for n, m in self.mean.items()
+        }:
+            raise PosteriorMismatchError(
+                f"The posterior is for {self.last_layer!r} = {self.layer_type} with {self._describe()}, but this "
+                f"model's {self.last_layer!r} is {type(layer).__name__} with {model_desc}."
+            )
+        fp = last_layer_fingerprint(layer)
+        if self.fingerprint and fp != self.fingerprint:
+            raise PosteriorMismatchError(
+                f"The posterior was fitted on other weights of {self.last_layer!r} (fingerprint "
+                f"{self.fingerprint[:12]}…) than this model holds ({fp[:12]}…): load the checkpoint the "
+                "posterior was fitted on, or fit a new posterior for this one."
+            )
+        return layer
+
+    def _describe(self) -> str:
+        return ", ".join(f"{n} {tuple(m.shape)}" for n, m in self.mean.items())
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        """The file metadata: every scalar needed to rebuild the posterior, as strings."""
+        from genunc_lightning import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "last_layer": self.last_layer,
+            "layer_type": self.layer_type,
+            "shapes": json.dumps({n: list(m.shape) for n, m in self.mean.items()}),
+            "num_examples": str(self.num_examples),
+            "dataset_size": str(self.dataset_size),
+            "sigma": repr(self.sigma),
+            "prior_precision": repr(self.prior_precision),
+            "temperature": repr(self.temperature),
+            "fingerprint": self.fingerprint,
+            "package_version": __version__,
+            "info": json.dumps(self.info),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Writes one safetensors file atomically (mean.*, fisher.* and the metadata)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"mean.{n}": m.contiguous() for n, m in self.mean.items()}
+        tensors.update({f"fisher.{n}": f.contiguous() for n, f in self.fisher.items()})
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=self.metadata())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DiagonalLaplacePosterior:
+        """Reads a file written by ``save``.
+
+        Raises:
+            PosteriorFileError: the file is missing, truncated, or not a genunc-lightning posterior.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise PosteriorFileError(f"No posterior file at {path}: run `genunc fit_laplace` to create one.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for corrupt files
+            raise PosteriorFileError(
+                f"{path} is truncated or not a safetensors file ({err}). Re-create it with `genunc fit_laplace`."
+            ) from err
+        if meta.get("format") != FORMAT:
+            raise PosteriorFileError(
+                f"{path} is a safetensors file but not a genunc-lightning posterior (format "
+                f"{meta.get('format')!r}, expected {FORMAT!r})."
+            )
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise PosteriorFileError(
+                f"{path} has posterior format version {meta.get('format_version')!r}; this version of "
+                f"genunc-lightning reads version {FORMAT_VERSION}."
+            )
+        try:
+            shapes = json.loads(meta["shapes"])
+            mean = {n: tensors[f"mean.{n}"] for n in shapes}
+            fisher = {n: tensors[f"fisher.{n}"] for n in shapes}
+            return cls(
+                meta["last_layer"],
+                meta["layer_type"],
+                mean,
+                fisher,
+                int(meta["num_examples"]),
+                int(meta["dataset_size"]),
+                float(meta["sigma"]),
+                float(meta["prior_precision"]),
+                float(meta["temperature"]),
+                meta["fingerprint"],
+                json.loads(meta.get("info", "{}")),
+            )
+        except (KeyError, ValueError) as err:
+            raise PosteriorFileError(f"{path} is an incomplete posterior file ({err!r}).") from err
+
+    # -- reporting and interop -------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars worth printing: sizes, σ, λ, Fisher and posterior-std ranges."""
+        h = torch.cat([f.flatten() for f in self.fisher.values()])
+        std = torch.cat([s.flatten() for s in self.std.values()])
+        mean = torch.cat([m.double().flatten() for m in self.mean.values()])
+        return {
+            "last_layer": f"{self.last_layer} ({self.layer_type}, {self.num_params} parameters)",
+            "examples": self.num_examples,
+            "dataset_size": self.dataset_size,
+            "sigma": self.sigma,
+            "sigma_mode": self.info.get("sigma_mode", "fixed"),
+            "prior_precision": self.prior_precision,
+            "prior_precision_mode": self.info.get("prior_precision_mode", "fixed"),
+            "temperature": self.temperature,
+            "fisher_min": h.min().item(),
+            "fisher_median": h.median().item(),
+            "fisher_max": h.max().item(),
+            "std_min": std.min().item(),
+            "std_median": std.median().item(),
+            "std_max": std.max().item(),
+            "weight_rms": mean.pow(2).mean().sqrt().item(),
+        }
+
+    def format_summary(self) -> str:
+        """``summary`` as aligned text lines."""
+        s = self.summary()
+        return "\n".join(
+            [
+                "Diagonal last-layer Laplace posterior",
+                f"  last layer       {s['last_layer']}",
+                f"  examples seen    n = {s['examples']} (likelihood scaled to N = {s['dataset_size']})",
+                f"  sigma            {s['sigma']:.4g} ({s['sigma_mode']})",
+                f"  prior precision  {s['prior_precision']:.4g} ({s['prior_precision_mode']})",
+                f"  temperature      {s['temperature']:.4g}",
+                f"  Fisher           min {s['fisher_min']:.3g}  median {s['fisher_median']:.3g}  "
+                f"max {s['fisher_max']:.3g}",
+                f"  posterior std    min {s['std_min']:.3g}  median {s['std_median']:.3g}  "
+                f"max {s['std_max']:.3g}  (weight rms {s['weight_rms']:.3g})",
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DiagonalLaplacePosterior(last_layer={self.last_layer!r}, params={self.num_params}, n={self.num_examples}, "
+            f"N={self.dataset_size}, sigma={self.sigma:.4g}, prior_precision={self.prior_precision:.4g}, "
+            f"temperature={self.temperature:.4g})"
+        )
+
+    def to_laplace_torch(self, model: nn.Module) -> Any:
+        """Exports to a fitted ``laplace.DiagLLLaplace`` with the same posterior (nn.Linear only).
+
+        Conventions: laplace-torch's regression likelihood uses the loss Σ(f − y)² with a factor ½,
+        so the H its ``fit`` computes on the same batches is 2× ours, and it never rescales by N/n.
+        The export therefore sets ``H = (N/n)·H_ours / T``, ``prior_precision = λ / T``,
+        ``sigma_noise = σ`` and temperature 1, so that its ``posterior_precision`` is ours and its
+        ``posterior_variance`` equals ``self.variance`` (flattened weight, then bias).
+
+        Args:
+            model: the model whose last layer this posterior belongs to; laplace-torch deep-copies it.
+        """
+        from laplace import DiagLLLaplace
+
+        layer = self.check_compatible(model)
+        if not isinstance(layer, nn.Linear):
+            raise LastLayerError(
+                f"laplace-torch's last-layer Laplace supports only nn.Linear last layers; {self.last_layer!r} is "
+                f"{self.layer_type}. Use this posterior directly instead."
+            )
+        la = DiagLLLaplace(
+            model,
+            "regression",
+            sigma_noise=self.sigma,
+            prior_precision=self.prior_precision / self.temperature,
+            temperature=1.0,
+            last_layer_name=self.last_layer,
+        )
+        dtype = next(iter(self.mean.values())).dtype
+        device = next(iter(layer_parameters(layer).values())).device
+        scale = self.dataset_size / self.num_examples / self.temperature
+        la.H = (torch.cat([f.flatten() for f in self.fisher.values()]) * scale).to(device, dtype)
+        la.mean = torch.cat([m.flatten() for m in self.mean.values()]).to(device, dtype)
+        la.n_data = self.dataset_size
+        la.loss = 0.5 * self.info.get("squared_residual_sum", 0.0) * self.dataset_size / self.num_examples
+        return la

@@ -1,0 +1,65 @@
+"""DiffusionTrainingModule: plain training of any adapter's denoiser (`genunc fit`)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+
+from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
+
+
+class DiffusionTrainingModule(LightningModule):
+    """Trains ``adapter.denoiser`` on the adapter's own loss, with an optional EMA copy.
+
+    The checkpoint holds ``adapter.denoiser.*`` (the trained weights) and, with ``ema_decay``,
+    ``ema.*``; ``DiffusionAdapter.load_weights`` prefers the EMA weights when present.
+
+    Args:
+        adapter: the model family and its denoiser.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        ema_decay: exponential moving average of the weights, or ``None``.
+        warmup_steps: linear learning-rate warm-up.
+    """
+
+    def __init__(
+        self,
+        adapter: DiffusionAdapter,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        ema_decay: float | None = None,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.ema_decay = ema_decay
+        self.warmup_steps = warmup_steps
+        self.ema = copy.deepcopy(adapter.denoiser).requires_grad_(False) if ema_decay else None
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Mean per-example loss ½‖prediction − target‖² divided by the data dimension."""
+        x, _ = unpack_batch(batch)
+        seeds = torch.randint(0, 2**62, (x.shape[0],))
+        loss = self.adapter.loss(batch, seeds).mean() / x[0].numel()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Updates the EMA weights."""
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), self.adapter.denoiser.parameters(), strict=True):
+                    e.lerp_(p, 1.0 - self.ema_decay)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with an optional linear warm-up."""
+        opt = torch.optim.AdamW(self.adapter.denoiser.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.warmup_steps:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
