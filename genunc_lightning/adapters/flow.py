@@ -109,7 +109,5 @@ def _require_torchdiffeq() -> Any:
     try:
         import torchdiffeq
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The dopri5 sampler needs torchdiffeq: pip install 'genunc-lightning[ode]'."
-        ) from err
+        raise ImportError("The dopri5 sampler needs torchdiffeq: pip install 'genunc-lightning[ode]'.") from err
     return torchdiffeq

@@ -139,9 +139,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         target = {Prediction.EPS: eps, Prediction.X0: x0, Prediction.V: sa * eps - sb * x0}[self.prediction]
         return self.predict(xt, t, y) - target
 
-    def denoised(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def denoised(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted x0, predicted ε) at timestep ``t`` (a LongTensor [B])."""
         out = self.predict(x, t, y)
         sa, sb = self._coefficients(t, x)

@@ -25,7 +25,8 @@ def subset_indices(dataset_size: int, subset: float | int, seed: int = 0) -> tor
     if isinstance(subset, float):
         if not 0.0 < subset <= 1.0:
             raise ValueError(
-                f"subset fraction {subset} is outside (0, 1]: pass a fraction such as 0.01, or a whole count of examples."
+                f"subset fraction {subset} is outside (0, 1]: pass a fraction such as 0.01, "
+                "or a whole count of examples."
             )
         count = max(1, round(subset * dataset_size))
     else:

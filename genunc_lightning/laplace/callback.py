@@ -87,7 +87,10 @@ class FisherAccumulationCallback(Callback):
         names = [n for n, _ in layer.named_parameters(recurse=False)]
         device = pl_module.device
         if self._diag is None:  # a rank with no batch still joins the reduction
-            self._diag = {n: torch.zeros(p.shape, dtype=torch.float64, device=device) for n, p in layer.named_parameters(recurse=False)}
+            self._diag = {
+                n: torch.zeros(p.shape, dtype=torch.float64, device=device)
+                for n, p in layer.named_parameters(recurse=False)
+            }
         flat = torch.cat([self._diag[n].flatten().to(device) for n in names] + [self._totals.to(device)])
         flat = trainer.strategy.reduce(flat, reduce_op="sum").cpu()
         fisher, offset = {}, 0

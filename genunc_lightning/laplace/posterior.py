@@ -260,7 +260,7 @@ class DiagonalLaplacePosterior:
 
     @property
     def variance(self) -> dict[str, torch.Tensor]:
-        """temperature / precision per parameter, float64."""
+        """Temperature / precision per parameter, float64."""
         return {n: self.temperature / p for n, p in self.precision.items()}
 
     @property
@@ -460,9 +460,9 @@ class DiagonalLaplacePosterior:
 
     def __repr__(self) -> str:
         return (
-            f"DiagonalLaplacePosterior(last_layer={self.last_layer!r}, params={self.num_params}, n={self.num_examples}, "
-            f"N={self.dataset_size}, sigma={self.sigma:.4g}, prior_precision={self.prior_precision:.4g}, "
-            f"temperature={self.temperature:.4g})"
+            f"DiagonalLaplacePosterior(last_layer={self.last_layer!r}, params={self.num_params}, "
+            f"n={self.num_examples}, N={self.dataset_size}, sigma={self.sigma:.4g}, "
+            f"prior_precision={self.prior_precision:.4g}, temperature={self.temperature:.4g})"
         )
 
     def to_laplace_torch(self, model: nn.Module) -> Any:

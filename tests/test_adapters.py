@@ -1,0 +1,181 @@
+"""Adapters: last-layer resolution, parameterisations, samplers and per-seed reproducibility."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from genunc_lightning.adapters import (
+    FlowMatchingAdapter,
+    GaussianDiffusionAdapter,
+    LastLayerError,
+    alphas_cumprod,
+    resolve_last_layer,
+    use_last_layer_weights,
+)
+from genunc_lightning.models import MLPDenoiser, SmallUNet
+
+
+def test_unknown_last_layer_suggests_close_names():
+    with pytest.raises(LastLayerError, match=r"no submodule named 'out\.3'.*Closest names: out\.2"):
+        resolve_last_layer(SmallUNet(), "out.3")
+
+
+def test_last_layer_without_parameters_or_of_unsupported_type():
+    with pytest.raises(LastLayerError, match="no parameters of its own.*nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d"):
+        resolve_last_layer(SmallUNet(), "out")
+    with pytest.raises(LastLayerError, match="GroupNorm, which is not supported. Supported types: nn.Linear"):
+        resolve_last_layer(SmallUNet(), "out.0")
+
+
+def test_schedules_match_numpy():
+    betas = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(alphas_cumprod("linear", 1000).numpy(), np.cumprod(1 - betas), rtol=1e-12)
+    s, steps = 0.008, np.arange(1001) / 1000
+    f = np.cos((steps + s) / (1 + s) * np.pi / 2) ** 2
+    ref = np.cumprod(1 - np.minimum(1 - f[1:] / f[:-1], 0.999))
+    np.testing.assert_allclose(alphas_cumprod("cosine", 1000).numpy(), ref, rtol=1e-12)
+
+
+class FixedOutput(nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.out = nn.Linear(1, 1)
+
+    def forward(self, x, t):
+        return self.value
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_denoised_inverts_the_forward_process(prediction):
+    x0, eps = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    t = torch.tensor([5, 400, 990])
+    a = alphas_cumprod("linear", 1000)[t].view(-1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+    adapter = GaussianDiffusionAdapter(FixedOutput(target), "out", (4,), prediction=prediction)
+    got_x0, got_eps = adapter.denoised(xt, t, None)
+    torch.testing.assert_close(got_x0, x0)
+    torch.testing.assert_close(got_eps, eps)
+
+
+class PointMassOracle(nn.Module):
+    """The exact denoiser for data concentrated at ``c``, in any parameterisation."""
+
+    def __init__(self, c, prediction, schedule="linear"):
+        super().__init__()
+        self.c, self.prediction = c, prediction
+        self.a = alphas_cumprod(schedule, 1000)
+        self.out = nn.Linear(1, 1)
+
+    def forward(self, x, t):
+        if self.prediction == "flow":
+            tb = t.view(-1, 1)
+            return (self.c - x) / (1 - tb).clamp(min=1e-12)
+        a = self.a[t.round().long()].view(-1, 1).to(x.dtype)
+        eps = (x - a.sqrt() * self.c) / (1 - a).sqrt()
+        return {"eps": eps, "x0": self.c.expand_as(x), "v": a.sqrt() * eps - (1 - a).sqrt() * self.c}[self.prediction]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_gaussian_samplers_recover_a_point_mass(sampler, prediction):
+    c = torch.tensor([[0.5, -1.5]], dtype=torch.float64)
+    oracle = PointMassOracle(c, prediction, "cosine").double()
+    adapter = GaussianDiffusionAdapter(oracle, "out", (2,), prediction=prediction, schedule="cosine", sampler=sampler)
+    out = adapter.sample(torch.arange(4), steps=10)
+    torch.testing.assert_close(out, c.expand(4, 2), rtol=1e-6, atol=1e-6)
+
+
+class GaussianFlowOracle(nn.Module):
+    """Exact velocity E[x1 − ε | x_t] for data N(mu, s²I) on the path x_t = (1 − t)ε + t·x1."""
+
+    def __init__(self, mu, s):
+        super().__init__()
+        self.mu, self.s = mu, s
+        self.out = nn.Linear(1, 1)
+
+    def forward(self, x, t):
+        tb = t.view(-1, 1)
+        var = (1 - tb) ** 2 + tb**2 * self.s**2
+        return self.mu + (tb * self.s**2 - (1 - tb)) / var * (x - tb * self.mu)
+
+
+@pytest.mark.parametrize(("sampler", "steps", "tol"), [("euler", 400, 2e-2), ("heun", 40, 1e-3), ("dopri5", 0, 1e-4)])
+def test_flow_samplers_follow_the_exact_flow(sampler, steps, tol):
+    from genunc_lightning import seeding
+
+    mu, s = torch.tensor([[2.0, -1.0]], dtype=torch.float64), 0.3
+    adapter = FlowMatchingAdapter(GaussianFlowOracle(mu, s).double(), "out", (2,), sampler=sampler, steps=steps or 1)
+    seeds = torch.arange(3)
+    eps = seeding.randn(seeding.generators(seeds, "cpu"), (2,), "cpu", torch.float64)
+    torch.testing.assert_close(adapter.sample(seeds), mu + s * eps, rtol=0, atol=tol)
+
+
+ADAPTERS = {
+    "ddpm": lambda m: GaussianDiffusionAdapter(m, "out", (2,), sampler="ddpm", steps=20),
+    "ddim": lambda m: GaussianDiffusionAdapter(m, "out", (2,), sampler="ddim", eta=0.5, steps=20, prediction="v"),
+    "euler": lambda m: FlowMatchingAdapter(m, "out", (2,), sampler="euler", steps=10),
+    "heun": lambda m: FlowMatchingAdapter(m, "out", (2,), sampler="heun", steps=10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_a_sample_is_a_function_of_its_seed_alone(name):
+    adapter = ADAPTERS[name](MLPDenoiser(hidden=32, depth=2, num_classes=3))
+    adapter.num_classes = 3
+    seeds = torch.tensor([11, 22, 33, 44, 55, 66, 77, 88])
+    classes = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    batch8 = adapter.sample(seeds, classes)
+    for i in (0, 5):
+        one = adapter.sample(seeds[i : i + 1], classes[i : i + 1])
+        torch.testing.assert_close(one[0], batch8[i], rtol=1e-5, atol=1e-6)
+    reordered = adapter.sample(seeds.flip(0), classes.flip(0))
+    torch.testing.assert_close(reordered.flip(0), batch8, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(batch8[0], batch8[3])  # different seeds differ
+
+
+def test_conditional_model_needs_classes():
+    adapter = GaussianDiffusionAdapter(MLPDenoiser(num_classes=3), "out", (2,), num_classes=3)
+    with pytest.raises(ValueError, match="pass classes"):
+        adapter.sample(torch.arange(2))
+
+
+def test_weights_context_swaps_without_touching_the_model():
+    model = MLPDenoiser(hidden=16, depth=1)
+    adapter = GaussianDiffusionAdapter(model, "out", (2,), steps=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seeds = torch.arange(4)
+    base = adapter.sample(seeds)
+    same = {n: p.detach().clone() for n, p in model.out.named_parameters()}
+    torch.testing.assert_close(adapter.sample(seeds, weights=same), base, rtol=0, atol=0)
+    other = {n: p + 0.1 for n, p in same.items()}
+    moved = adapter.sample(seeds, weights=other)
+    assert not torch.allclose(moved, base)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    torch.testing.assert_close(adapter.sample(seeds), base, rtol=0, atol=0)
+
+
+def test_stacked_member_weights_apply_per_chunk():
+    layer = nn.Linear(3, 2)
+    members = {"weight": torch.randn(4, 2, 3), "bias": torch.randn(4, 2)}
+    x = torch.randn(4 * 5, 3)
+    with use_last_layer_weights(layer, members):
+        out = layer(x)
+    for m in range(4):
+        ref = torch.nn.functional.linear(x[m * 5 : (m + 1) * 5], members["weight"][m], members["bias"][m])
+        torch.testing.assert_close(out[m * 5 : (m + 1) * 5], ref)
+    with pytest.raises(ValueError, match="shape"):
+        with use_last_layer_weights(layer, {"weight": torch.randn(3, 3), "bias": torch.randn(2)}):
+            pass
+
+
+def test_decode_maps_image_range_to_unit_interval():
+    adapter = GaussianDiffusionAdapter(SmallUNet(), "out.2", (1, 8, 8), image_range=(-1.0, 1.0))
+    x = torch.tensor([-1.0, 0.0, 1.0, 3.0])
+    torch.testing.assert_close(adapter.decode(x), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+    assert math.isclose(adapter.alphas_cumprod[0].item(), 1 - 1e-4)

@@ -1,0 +1,147 @@
+"""The Fisher pass through Lightning: Trainer.predict, DDP, the callback, the CLI."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from genunc_lightning.adapters import GaussianDiffusionAdapter
+from genunc_lightning.data import DiffusionDataModule, GaussianGrid2D, subset_indices
+from genunc_lightning.laplace import (
+    DiagonalLaplacePosterior,
+    FisherAccumulationCallback,
+    LaplaceFitModule,
+    fisher_batch,
+)
+from genunc_lightning.models import MLPDenoiser
+from genunc_lightning.seeding import example_seeds
+
+
+def make_module(seed=0, draws=1):
+    torch.manual_seed(seed)
+    adapter = GaussianDiffusionAdapter(MLPDenoiser(hidden=32, depth=2), "out", (2,))
+    return LaplaceFitModule(adapter, draws_per_example=draws, seed=5)
+
+
+def run_fit(module, datamodule, output=None, **trainer_kwargs):
+    callback = FisherAccumulationCallback(output=output)
+    kwargs = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    kwargs.update(trainer_kwargs)
+    Trainer(callbacks=[callback], **kwargs).predict(module, datamodule=datamodule, return_predictions=False)
+    return callback.posterior
+
+
+def test_predict_loop_equals_a_direct_sum_and_ignores_batch_size():
+    data = GaussianGrid2D(num_points=300, seed=1)
+    module = make_module(draws=2)
+    small = run_fit(module, DiffusionDataModule(data, batch_size=7, subset=100, subset_seed=3))
+    large = run_fit(module, DiffusionDataModule(data, batch_size=64, subset=100, subset_seed=3))
+    idx = subset_indices(300, 100, 3)
+    direct = fisher_batch(module.adapter, data.points[idx], [example_seeds(5, idx, stream=k) for k in range(2)])
+    for name in direct.diag:
+        torch.testing.assert_close(small.fisher[name], direct.diag[name], rtol=1e-5, atol=0)
+        torch.testing.assert_close(large.fisher[name], small.fisher[name], rtol=1e-5, atol=0)
+    assert small.num_examples == 100
+    assert small.info["num_residuals"] == 100 * 2 * 2
+
+
+def test_two_ddp_processes_equal_one(tmp_path):
+    data = GaussianGrid2D(num_points=203, seed=2)  # uneven split across ranks
+    one = run_fit(make_module(), DiffusionDataModule(data, batch_size=16, subset=0.5), output=tmp_path / "one.st")
+    run_fit(
+        make_module(),
+        DiffusionDataModule(data, batch_size=16, subset=0.5),
+        output=tmp_path / "two.st",
+        devices=2,
+        strategy="ddp_spawn",
+    )
+    two = DiagonalLaplacePosterior.load(tmp_path / "two.st")
+    assert two.num_examples == one.num_examples == 102
+    for name in one.fisher:
+        torch.testing.assert_close(two.fisher[name], one.fisher[name], rtol=1e-6, atol=0)
+    assert two.sigma == pytest.approx(one.sigma, rel=1e-6)
+    assert two.prior_precision == pytest.approx(one.prior_precision, rel=1e-6)
+
+
+class PoisonedGrid(GaussianGrid2D):
+    def __getitem__(self, i):
+        point = super().__getitem__(i)
+        return point * float("nan") if i == 7 else point
+
+
+def test_nan_loss_names_the_batch_and_writes_nothing(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"batch 1 \(dataset indices \[7\]\)"):
+        run_fit(make_module(), DiffusionDataModule(PoisonedGrid(num_points=20), batch_size=5), output=tmp_path / "p.st")
+    assert not any(tmp_path.iterdir())
+
+
+class ZeroOut(MLPDenoiser):
+    def forward(self, x, t, y=None):
+        return 0.0 * super().forward(x, t, y)
+
+
+def test_zero_fisher_writes_nothing(tmp_path):
+    module = LaplaceFitModule(GaussianDiffusionAdapter(ZeroOut(hidden=8, depth=1), "out", (2,)))
+    with pytest.raises(ValueError, match="zero everywhere"):
+        run_fit(module, DiffusionDataModule(GaussianGrid2D(num_points=20), batch_size=5), output=tmp_path / "p.st")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("subset", [0.0, 1.5, -0.1, 0, 21])
+def test_subset_outside_its_range_is_an_error(subset):
+    with pytest.raises(ValueError, match="outside"):
+        DiffusionDataModule(GaussianGrid2D(num_points=20), subset=subset)
+
+
+def test_bad_callback_settings():
+    with pytest.raises(ValueError, match="'auto' or a positive number"):
+        FisherAccumulationCallback(sigma=-1.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        LaplaceFitModule(GaussianDiffusionAdapter(MLPDenoiser(), "out", (2,)), draws_per_example=0)
+
+
+def cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "genunc_lightning.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_fit_then_fit_laplace(tmp_path):
+    from genunc_lightning.cli import CONFIG_DIR
+
+    model_cfg = str(CONFIG_DIR / "toy" / "model.yaml")
+    fit = cli(
+        "fit", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit.yaml"),
+        "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",
+        "--data.dataset.init_args.num_points", "2000", cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert (tmp_path / "runs/toy/denoiser.ckpt").is_file()
+
+    printed = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+                  "--print_config", cwd=tmp_path)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert "laplace:" in printed.stdout and "prior_precision: auto" in printed.stdout
+
+    res = cli(
+        "fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+        "--data.subset", "0.25", "--data.dataset.init_args.num_points", "2000", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "examples seen    n = 500" in res.stdout + res.stderr
+    post = DiagonalLaplacePosterior.load(tmp_path / "runs/toy/posterior.safetensors")
+    adapter = GaussianDiffusionAdapter(MLPDenoiser(), "out", (2,))
+    adapter.load_weights(tmp_path / "runs/toy/denoiser.ckpt")
+    post.check_compatible(adapter.denoiser)
+    assert post.info["sigma_mode"] == "auto" and post.num_examples == 500
+
+    bad = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+              "--data.subset", "1.5", cwd=tmp_path)  # fmt: skip
+    assert bad.returncode != 0 and "outside (0, 1]" in bad.stderr
+
+
+def test_cli_unknown_subcommand():
+    res = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "fitt"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown subcommand 'fitt'" in res.stderr

@@ -1,0 +1,171 @@
+"""The diagonal Laplace posterior: maths, persistence, model checks and laplace-torch export."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from genunc_lightning.adapters import GaussianDiffusionAdapter
+from genunc_lightning.laplace import (
+    DiagonalLaplacePosterior,
+    PosteriorFileError,
+    PosteriorMismatchError,
+    ZeroFisherError,
+    fisher_batch,
+    log_marginal_likelihood,
+    optimal_prior_precision,
+)
+from genunc_lightning.models import MLPDenoiser, SmallUNet
+from genunc_lightning.seeding import example_seeds
+
+
+def fitted(model=None, sigma="auto", prior_precision="auto", n=32, x=None, **kwargs):
+    model = model or MLPDenoiser(hidden=16, depth=2)
+    adapter = GaussianDiffusionAdapter(model, "out", (2,))
+    x = torch.randn(n, 2) if x is None else x
+    fb = fisher_batch(adapter, x, [example_seeds(0, range(n))])
+    post = DiagonalLaplacePosterior.fit(
+        model.out, "out", fb.diag, n, float(fb.squared_residual_sum), fb.num_residuals, sigma, prior_precision, **kwargs
+    )
+    return post, fb, model
+
+
+def test_precision_is_scaled_fisher_plus_prior():
+    post, fb, _ = fitted(sigma=0.5, prior_precision=3.0, dataset_size=320)
+    for name, h in fb.diag.items():
+        torch.testing.assert_close(post.precision[name], h * (320 / 32) / 0.25 + 3.0)
+        torch.testing.assert_close(post.variance[name], 1.0 / post.precision[name])
+    hot = post.with_scale(temperature=10.0)
+    torch.testing.assert_close(hot.variance["weight"], 10.0 * post.variance["weight"])
+    assert post.num_params == 16 * 2 + 2
+
+
+def test_dataset_size_defaults_to_examples_seen():
+    post, _, _ = fitted(n=20)
+    assert post.dataset_size == post.num_examples == 20
+
+
+def test_auto_sigma_is_the_mean_squared_residual():
+    model = MLPDenoiser(hidden=16, depth=2)
+    adapter = GaussianDiffusionAdapter(model, "out", (2,))
+    x = torch.randn(32, 2)
+    seeds = example_seeds(0, range(32))
+    post, _, _ = fitted(model=model, x=x)
+    with torch.no_grad():
+        direct = adapter.residual(x, seeds).double().pow(2).mean().item()
+    assert post.sigma**2 == pytest.approx(direct, rel=1e-6)
+    assert post.info["sigma_mode"] == "auto"
+
+
+def test_auto_prior_precision_maximises_the_log_marginal_likelihood():
+    post, _, _ = fitted()
+    h = torch.cat([f.flatten() for f in post.fisher.values()]) * (post.dataset_size / post.num_examples) / post.sigma**2
+    theta_sq = sum(float(m.double().pow(2).sum()) for m in post.mean.values())
+    best = log_marginal_likelihood(post.prior_precision, theta_sq, h)
+    grid = np.logspace(-6, 8, 4001)
+    # Brute force in numpy, independent of our helper.
+    hn = h.numpy()
+    values = -0.5 * grid * theta_sq + 0.5 * hn.size * np.log(grid) - 0.5 * np.log(hn[None] + grid[:, None]).sum(1)
+    assert best >= values.max() - 1e-9 * abs(values.max())
+    assert abs(math.log(post.prior_precision) - math.log(grid[values.argmax()])) < 2 * math.log(grid[1] / grid[0])
+    for factor in (0.999, 1.001):  # and it is a local maximum at a finer scale than the grid
+        assert log_marginal_likelihood(post.prior_precision * factor, theta_sq, h) < best
+
+
+def test_optimal_prior_precision_closed_form_case():
+    # With every h_i = h the root of Σ h/(λ(h+λ)) = ‖θ‖² is known: P h / (λ(h+λ)) = s.
+    h, p, s = 4.0, 10, 2.5
+    lam = optimal_prior_precision(s, torch.full((p,), h))
+    assert p * h / (lam * (h + lam)) == pytest.approx(s, rel=1e-9)
+
+
+def test_save_load_gives_bit_identical_samples(tmp_path):
+    post, _, _ = fitted(temperature=2.0)
+    path = post.save(tmp_path / "p.safetensors")
+    loaded = DiagonalLaplacePosterior.load(path)
+    a = post.sample(5, torch.Generator().manual_seed(7))
+    b = loaded.sample(5, torch.Generator().manual_seed(7))
+    for name in a:
+        assert a[name].shape == (5, *post.mean[name].shape)
+        assert torch.equal(a[name], b[name])
+    assert loaded.metadata() == post.metadata()
+
+
+def test_samples_have_the_posterior_moments():
+    post, _, _ = fitted(sigma=1.0, prior_precision=1.0)
+    draws = post.sample(20000, torch.Generator().manual_seed(0))
+    z = (draws["weight"].double() - post.mean["weight"].double()) / post.std["weight"]
+    assert z.mean().abs() < 0.05 and (z.std() - 1).abs() < 0.02
+    assert torch.equal(post.zero_variance().sample(2)["weight"][1], post.mean["weight"])
+
+
+def test_check_compatible_names_both_layers():
+    post, _, model = fitted()
+    assert post.check_compatible(model) is model.out
+    other = MLPDenoiser(hidden=8, depth=2)
+    with pytest.raises(PosteriorMismatchError, match=r"weight \(2, 16\).*weight \(2, 8\)"):
+        post.check_compatible(other)
+    same_shape = MLPDenoiser(hidden=16, depth=2)
+    with pytest.raises(PosteriorMismatchError, match="other weights"):
+        post.check_compatible(same_shape)
+    with pytest.raises(PosteriorMismatchError, match="does not have"):
+        post.check_compatible(SmallUNet())
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    post, _, _ = fitted()
+    path = post.save(tmp_path / "p.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PosteriorFileError, match="truncated"):
+        DiagonalLaplacePosterior.load(tmp_path / "cut.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(PosteriorFileError, match="not a genunc-lightning posterior"):
+        DiagonalLaplacePosterior.load(tmp_path / "foreign.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello")
+    with pytest.raises(PosteriorFileError):
+        DiagonalLaplacePosterior.load(tmp_path / "text.safetensors")
+    with pytest.raises(PosteriorFileError, match="fit_laplace"):
+        DiagonalLaplacePosterior.load(tmp_path / "missing.safetensors")
+
+
+def test_zero_fisher_is_an_error():
+    model = MLPDenoiser(hidden=8, depth=1)
+    with pytest.raises(ZeroFisherError, match="zero everywhere"):
+        DiagonalLaplacePosterior.fit(
+            model.out, "out", {"weight": torch.zeros(2, 8), "bias": torch.zeros(2)}, 10, 1.0, 20
+        )
+
+
+def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
+    post, _, _ = fitted()
+    import safetensors.torch
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError):
+        post.save(tmp_path / "p.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_to_laplace_torch_has_our_posterior():
+    post, _, model = fitted(temperature=3.0, dataset_size=100)
+    la = post.to_laplace_torch(model)
+    ours = torch.cat([post.variance[n].flatten() for n in ("weight", "bias")])
+    torch.testing.assert_close(la.posterior_variance.double(), ours, rtol=1e-5, atol=0)
+    torch.testing.assert_close(la.mean, torch.cat([post.mean["weight"].flatten(), post.mean["bias"]]))
+
+
+def test_export_refuses_conv_last_layers():
+    model = SmallUNet(base_channels=8, channel_mults=(1,))
+    adapter = GaussianDiffusionAdapter(model, "out.2", (1, 4, 4))
+    fb = fisher_batch(adapter, torch.randn(3, 1, 4, 4), [example_seeds(0, range(3))])
+    post = DiagonalLaplacePosterior.fit(model.out[2], "out.2", fb.diag, 3, 1.0, 48)
+    with pytest.raises(ValueError, match="only nn.Linear"):
+        post.to_laplace_torch(model)
