@@ -86,6 +86,7 @@ class SmallUNet(nn.Module):
         learn_sigma: double the output channels as ADM does (the extra half is ignored by the
             adapter's ``output_channels``).
         groups: GroupNorm groups.
+        num_res_blocks: residual blocks per resolution.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class SmallUNet(nn.Module):
         num_classes: int | None = None,
         learn_sigma: bool = False,
         groups: int = 8,
+        num_res_blocks: int = 1,
     ) -> None:
         super().__init__()
         emb = base_channels * 4
@@ -108,14 +110,16 @@ class SmallUNet(nn.Module):
         self.downsample = nn.ModuleList()
         c = base_channels
         for i, ch in enumerate(chans):
-            self.down.append(ResBlock(c, ch, emb, groups))
+            self.down.append(nn.ModuleList(ResBlock(c if j == 0 else ch, ch, emb, groups) for j in range(num_res_blocks)))
             c = ch
             self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
         self.mid = ResBlock(c, c, emb, groups)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, ch in reversed(list(enumerate(chans))):
-            self.up.append(ResBlock(c + ch, ch, emb, groups))
+            self.up.append(
+                nn.ModuleList(ResBlock(c + ch if j == 0 else ch, ch, emb, groups) for j in range(num_res_blocks))
+            )
             c = ch
             self.upsample.append(nn.Upsample(scale_factor=2, mode="nearest") if i > 0 else nn.Identity())
         out_ch = in_channels * (2 if learn_sigma else 1)
@@ -128,12 +132,15 @@ class SmallUNet(nn.Module):
             emb = emb + self.label(y)
         h = self.inp(x)
         skips = []
-        for block, down in zip(self.down, self.downsample, strict=True):
-            h = block(h, emb)
+        for blocks, down in zip(self.down, self.downsample, strict=True):
+            for block in blocks:
+                h = block(h, emb)
             skips.append(h)
             h = down(h)
         h = self.mid(h, emb)
-        for block, up in zip(self.up, self.upsample, strict=True):
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        for blocks, up in zip(self.up, self.upsample, strict=True):
+            h = torch.cat([h, skips.pop()], dim=1)
+            for block in blocks:
+                h = block(h, emb)
             h = up(h)
         return self.out(h)
