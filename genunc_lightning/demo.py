@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = Path(args.output)
     model_cfg = str(CONFIG_DIR / "toy" / "model.yaml")
     if not Path(model_cfg).is_file():
-        raise FileNotFoundError(f"The demo configs are not at {CONFIG_DIR}: run the demo from a checkout of the project.")
+        raise FileNotFoundError(f"The demo configs are not at {CONFIG_DIR}: run the demo from a checkout.")
     ckpt = out / "denoiser.ckpt"
 
     print(f"[1/3] Training the toy diffusion model ({args.max_steps} steps) -> {ckpt}")

@@ -110,7 +110,8 @@ class SmallUNet(nn.Module):
         self.downsample = nn.ModuleList()
         c = base_channels
         for i, ch in enumerate(chans):
-            self.down.append(nn.ModuleList(ResBlock(c if j == 0 else ch, ch, emb, groups) for j in range(num_res_blocks)))
+            blocks = [ResBlock(c if j == 0 else ch, ch, emb, groups) for j in range(num_res_blocks)]
+            self.down.append(nn.ModuleList(blocks))
             c = ch
             self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
         self.mid = ResBlock(c, c, emb, groups)
