@@ -69,7 +69,9 @@ def test_precision_recall_match_torch_fidelity(chunk):
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     real, fake = feature_sets()
-    ref = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    ref = prc_features_to_metric(
+        fake, real, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+    )
     precision, recall = precision_recall(real, fake, k=3, chunk=chunk)
     assert 0 < ref["precision"] < 1 and 0 < ref["recall"] < 1
     assert precision.item() == pytest.approx(ref["precision"], abs=1e-6)

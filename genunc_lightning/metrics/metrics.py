@@ -32,7 +32,7 @@ class _FeatureMetric(Metric):
             with torch.no_grad():
                 x = self.feature_extractor(x)
         if x.dim() != 2:
-            raise ValueError(f"Features must be [N, D], got shape {tuple(x.shape)}; pass a feature_extractor for images.")
+            raise ValueError(f"Features must be [N, D], got {tuple(x.shape)}: pass a feature_extractor for images.")
         return x
 
 
@@ -50,8 +50,9 @@ class _FeatureSetMetric(_FeatureMetric):
         (self.real_features if real else self.fake_features).append(self._features(x).float())
 
     def _sets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if any(len(state) == 0 for state in (self.real_features, self.fake_features)):  # a list, or a tensor after sync
-            raise ValueError("Both a real and a fake set are needed: call update(x, real=True) and update(x, real=False).")
+        # Each state is a list of batches, or one tensor after a DDP sync.
+        if any(len(state) == 0 for state in (self.real_features, self.fake_features)):
+            raise ValueError("Both a real and a fake set are needed: call update(x, real=True) and (x, real=False).")
         return dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
 
 
