@@ -1,4 +1,4 @@
-"""The `genunc` command: LightningCLI subcommands fit, fit_laplace and demo.
+"""The `genunc` command: LightningCLI subcommands fit, fit_laplace, predict and demo.
 
 Each subcommand is a LightningCLI with its own config schema, so ``--help`` and
 ``--print_config`` show exactly the keys that subcommand reads. Config files compose:
@@ -20,8 +20,10 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genunc_lightning.data import DiffusionDataModule
+from genunc_lightning.data.predict import SeedDataModule
 from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule
 from genunc_lightning.models import DiffusionTrainingModule
+from genunc_lightning.uncertainty import GenerativeUncertaintyModule, ScoredSampleWriter
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -29,6 +31,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 class _FitLaplaceCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(FisherAccumulationCallback, "laplace")
+
+
+class _PredictCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ScoredSampleWriter, "writer")
 
 
 def run_fit(args: Sequence[str]) -> LightningCLI:
@@ -61,6 +68,25 @@ def run_fit_laplace(args: Sequence[str]) -> LightningCLI:
     return cli
 
 
+def run_predict(args: Sequence[str]) -> LightningCLI:
+    """`genunc predict`: uncertainty-scored samples into a resumable run directory.
+
+    Runs ``Trainer.predict`` with ``GenerativeUncertaintyModule``, ``SeedDataModule`` and
+    ``ScoredSampleWriter`` (the ``writer:`` section of the config).
+    """
+    cli = _PredictCLI(
+        GenerativeUncertaintyModule,
+        SeedDataModule,
+        args=list(args),
+        run=False,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "enable_checkpointing": False},
+        parser_kwargs={"prog": "genunc predict"},
+    )
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    return cli
+
+
 def run_demo(args: Sequence[str]) -> Any:
     """`genunc demo`: trains the toy model, fits its posterior and prints the summary."""
     from genunc_lightning.demo import main as demo_main
@@ -71,18 +97,21 @@ def run_demo(args: Sequence[str]) -> Any:
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {
     "fit": run_fit,
     "fit_laplace": run_fit_laplace,
+    "predict": run_predict,
     "demo": run_demo,
 }
 
-USAGE = """usage: genunc {fit,fit_laplace,demo} [--config CONFIG.yaml ...] [--print_config] [--help]
+USAGE = """usage: genunc {fit,fit_laplace,predict,demo} [--config CONFIG.yaml ...] [--print_config] [--help]
 
   fit          train a denoiser (LightningCLI fit with DiffusionTrainingModule)
   fit_laplace  fit the diagonal last-layer Laplace posterior over a training subset
+  predict      generate uncertainty-scored samples into a resumable run directory
   demo         the embedded default, offline: train, fit the posterior, report
 
 Example:
   genunc fit --config configs/toy/model.yaml --config configs/toy/fit.yaml
   genunc fit_laplace --config configs/toy/model.yaml --config configs/toy/fit_laplace.yaml
+  genunc predict --config configs/toy/model.yaml --config configs/toy/predict.yaml
 """
 
 

@@ -9,8 +9,10 @@ adapter only, never to the user's module directly.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,9 @@ def apply_layer(layer: nn.Module, x: torch.Tensor, params: LastLayerWeights) -> 
 def apply_layer_members(layer: nn.Module, x: torch.Tensor, params: LastLayerWeights) -> torch.Tensor:
     """Runs the layer with M weight sets on a batch made of M equal chunks, chunk m with set m.
 
+    Each chunk goes through the same op, at the same shape, as an ordinary forward of B examples, so
+    a member whose weights equal the layer's own gives bit-identical outputs.
+
     Args:
         layer: a supported last layer.
         x: its input, batch dimension M·B with member m's examples at [m·B, (m+1)·B).
@@ -94,9 +99,8 @@ def apply_layer_members(layer: nn.Module, x: torch.Tensor, params: LastLayerWeig
     members = next(iter(params.values())).shape[0]
     if x.shape[0] % members:
         raise ValueError(f"A batch of {x.shape[0]} cannot be split into {members} equal member chunks.")
-    chunks = x.reshape(members, x.shape[0] // members, *x.shape[1:])
-    out = torch.func.vmap(lambda p, xs: apply_layer(layer, xs, p))(dict(params), chunks)
-    return out.reshape(x.shape[0], *out.shape[2:])
+    chunks = x.chunk(members)
+    return torch.cat([apply_layer(layer, c, {k: v[m] for k, v in params.items()}) for m, c in enumerate(chunks)])
 
 
 @contextmanager
@@ -133,6 +137,17 @@ def use_last_layer_weights(layer: nn.Module, weights: LastLayerWeights | None) -
         yield
     finally:
         handle.remove()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, shapes, float32 values)."""
+    digest = hashlib.sha256()
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, value in tensors:
+        value = value.detach().cpu()
+        digest.update(f"{name}{tuple(value.shape)}".encode())
+        digest.update((value.float() if value.is_floating_point() else value).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -241,6 +256,22 @@ class DiffusionAdapter(nn.Module):
             return x
         low, high = self.image_range
         return ((x - low) / (high - low)).clamp(0.0, 1.0)
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies this model in a run manifest: class, scalar settings and a weight fingerprint.
+
+        The fingerprint covers the denoiser's parameters and every buffer of the adapter (e.g. the noise
+        schedule), so two runs with different weights or schedules never share results.
+        """
+        settings = {}
+        for key, value in sorted(vars(self).items()):
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, Enum):
+                value = value.value
+            if value is None or isinstance(value, (bool, int, float, str, tuple)):
+                settings[key] = list(value) if isinstance(value, tuple) else value
+        return {"class": type(self).__name__, "settings": settings, "fingerprint": module_fingerprint(self)}
 
     def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Calls the denoiser; override for models with another signature."""

@@ -2,6 +2,15 @@
 
 from genunc_lightning.data.datamodule import DiffusionDataModule, IndexedSubset, subset_indices
 from genunc_lightning.data.digits import DigitsDataset
+from genunc_lightning.data.predict import SeedDataModule, SeedDataset
 from genunc_lightning.data.toy import GaussianGrid2D
 
-__all__ = ["DiffusionDataModule", "DigitsDataset", "GaussianGrid2D", "IndexedSubset", "subset_indices"]
+__all__ = [
+    "DiffusionDataModule",
+    "DigitsDataset",
+    "GaussianGrid2D",
+    "IndexedSubset",
+    "SeedDataModule",
+    "SeedDataset",
+    "subset_indices",
+]

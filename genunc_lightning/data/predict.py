@@ -1,0 +1,108 @@
+"""Seed datasets for predict: sample index i -> (seed_i, class_i), independent of batch and rank."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from genunc_lightning.seeding import derive_seed
+
+UNCONDITIONAL = -1
+
+
+def sample_class(seed: int, index: int, num_classes: int | None, classes: Sequence[int] | None) -> int:
+    """The class of sample ``index``: from ``classes`` (cycled), drawn from ``seed``, or -1 (none)."""
+    if classes:
+        return int(classes[index % len(classes)])
+    if num_classes:
+        return derive_seed(seed, index, 1) % num_classes
+    return UNCONDITIONAL
+
+
+class SeedDataset(Dataset):
+    """Items ``{"index", "seed", "class"}`` for sample indices ``0 … num_samples − 1`` not yet done.
+
+    Args:
+        num_samples: how many samples the run generates.
+        seed: base seed; sample i's seed is ``derive_seed(seed, i)``.
+        num_classes: draw a class per sample from the seed (class-conditional models).
+        classes: or give the classes, cycled over the indices.
+        skip: indices to leave out (already written by an earlier run).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        num_classes: int | None = None,
+        classes: Sequence[int] | None = None,
+        skip: Iterable[int] = (),
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+        self.seed, self.num_classes, self.classes = seed, num_classes, list(classes) if classes else None
+        done = set(skip)
+        self.indices = [i for i in range(num_samples) if i not in done]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        return {
+            "index": index,
+            "seed": derive_seed(self.seed, index),
+            "class": sample_class(self.seed, index, self.num_classes, self.classes),
+        }
+
+
+class SeedDataModule(LightningDataModule):
+    """The predict data: which samples to generate, with which seeds and classes.
+
+    ``skip_indices`` is set by ``ScoredSampleWriter`` before the loader is built, so a re-run only
+    generates what is missing.
+
+    Args:
+        num_samples: how many samples.
+        batch_size: samples per batch (results do not depend on it).
+        seed: base seed of the samples' seeds and classes.
+        num_classes: classes to draw from for a class-conditional model.
+        classes: explicit classes, cycled over the indices (instead of drawing).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_classes: int | None = None,
+        classes: list[int] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}.")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.num_classes, self.classes, self.num_workers = num_classes, classes, num_workers
+        self.skip_indices: set[int] = set()
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two runs to share results (the count may grow)."""
+        return {"seed": self.seed, "num_classes": self.num_classes, "classes": self.classes}
+
+    def predict_dataloader(self) -> DataLoader:
+        """The samples still to generate, in index order."""
+        dataset = SeedDataset(self.num_samples, self.seed, self.num_classes, self.classes, self.skip_indices)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+def collate_check(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(index, seed, class) tensors of a predict batch, with a clear error for other batch types."""
+    if not isinstance(batch, dict) or not {"index", "seed", "class"} <= set(batch):
+        raise TypeError("Predict batches must be {'index', 'seed', 'class'}: use genunc_lightning.data.SeedDataModule.")
+    return batch["index"], batch["seed"], batch["class"]

@@ -1,0 +1,169 @@
+"""GenerativeUncertaintyModule: Trainer.predict generates samples and their generative uncertainty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+
+from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.data.predict import collate_check
+from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
+from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood
+
+
+class GenerativeUncertaintyModule(LightningModule):
+    """Generates samples and scores each by its generative uncertainty, in ``predict_step``.
+
+    The M last-layer weight sets are drawn once from ``posterior`` with ``posterior_seed``, so every
+    sample and every rank uses the same ones. For each sample (seed, class), the kept sample is
+    generated with the pretrained weights and ``steps`` (T) steps, and M member samples are generated
+    from the same initial noise and sampler randomness with the drawn weights and ``member_steps``
+    (T') steps. Members are batched into one forward, ``member_chunk`` of them at a time. Each
+    likelihood scores the K = M + 1 members (the kept sample included; ``include_pretrained=False``
+    uses the M drawn members only, which needs M ≥ 2).
+
+    ``predict_step`` returns the prediction dict every writer and evaluator reads: ``index``,
+    ``seed``, ``class``, ``scores`` (name -> float64 [B]), ``sample`` (decoded kept samples) and,
+    with ``save_variance_maps``, ``variance_maps`` (per-pixel variance over members).
+
+    Args:
+        adapter: the pretrained model.
+        posterior: a ``DiagonalLaplacePosterior`` or the path of its file.
+        likelihoods: the scores to compute (default: pixel-space only).
+        num_members: M.
+        steps: T, the kept sample's sampler steps (the adapter's default when ``None``).
+        member_steps: T', the members' steps (T when ``None``); must not exceed T.
+        posterior_seed: seed of the M weight draws.
+        include_pretrained: count the kept sample as a member of the variance.
+        member_chunk: members per forward (all M when ``None``); bounds memory.
+        checkpoint: weights to load into the adapter first.
+        temperature: overrides the posterior's temperature (0 gives zero variance).
+        save_variance_maps: return per-pixel variance maps of the pixel likelihood.
+    """
+
+    def __init__(
+        self,
+        adapter: DiffusionAdapter,
+        posterior: str | DiagonalLaplacePosterior,
+        likelihoods: list[Likelihood] | None = None,
+        num_members: int = 5,
+        steps: int | None = None,
+        member_steps: int | None = None,
+        posterior_seed: int = 0,
+        include_pretrained: bool = True,
+        member_chunk: int | None = None,
+        checkpoint: str | None = None,
+        temperature: float | None = None,
+        save_variance_maps: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_members < 1:
+            raise ValueError(f"num_members (M) must be at least 1, got {num_members}.")
+        if not include_pretrained and num_members < 2:
+            raise ValueError("Without the pretrained sample, the variance over members needs num_members >= 2.")
+        self.adapter = adapter
+        if checkpoint is not None:
+            adapter.load_weights(checkpoint)
+        self.steps = int(steps or getattr(adapter, "steps", 0) or 0)
+        if self.steps < 1:
+            raise ValueError("steps (T) must be given for an adapter without a default number of steps.")
+        self.member_steps = int(member_steps or self.steps)
+        if self.member_steps > self.steps:
+            raise ValueError(
+                f"member_steps (T' = {self.member_steps}) must not exceed steps (T = {self.steps}): the cheaper "
+                "variant uses fewer steps for the extra members only."
+            )
+        if isinstance(posterior, (str, Path)):
+            posterior = DiagonalLaplacePosterior.load(posterior)
+        if temperature is not None:
+            posterior = posterior.with_scale(temperature=temperature)
+        self.posterior = posterior
+        likelihoods = likelihoods if likelihoods is not None else [PixelLikelihood()]
+        names = [lik.name for lik in likelihoods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"Give at least one likelihood, with distinct names; got {names}.")
+        self.likelihoods = torch.nn.ModuleList(likelihoods)
+        self.num_members = num_members
+        self.posterior_seed = posterior_seed
+        self.include_pretrained = include_pretrained
+        self.member_chunk = member_chunk or num_members
+        self.save_variance_maps = save_variance_maps
+        drawn = posterior.sample(num_members, torch.Generator().manual_seed(posterior_seed))
+        pretrained = posterior.check_compatible(adapter.denoiser).named_parameters(recurse=False)
+        # Row 0 is the pretrained layer itself (the kept sample), rows 1..M the drawn weight sets.
+        self.member_weights = {n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained}
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two runs to share results (checked by ``ScoredSampleWriter``)."""
+        return {
+            "adapter": self.adapter.identity(),
+            "posterior_fingerprint": self.posterior.fingerprint,
+            "posterior": {k: str(v) for k, v in self.posterior.metadata().items() if k not in ("package_version",)},
+            "num_members": self.num_members,
+            "steps": self.steps,
+            "member_steps": self.member_steps,
+            "posterior_seed": self.posterior_seed,
+            "include_pretrained": self.include_pretrained,
+            "likelihoods": [lik.identity() for lik in self.likelihoods],
+        }
+
+    def on_predict_start(self) -> None:
+        """Moves the drawn weight sets to the model's device."""
+        self.member_weights = {k: v.to(self.device) for k, v in self.member_weights.items()}
+
+    def _weight_sets(self, which: slice) -> dict[str, torch.Tensor]:
+        return {k: v[which] for k, v in self.member_weights.items()}
+
+    def generate(
+        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int, weights: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Samples [K, B, ...] for K stacked weight sets, ``member_chunk`` sets per batched forward."""
+        out = []
+        batch, total = seeds.shape[0], next(iter(weights.values())).shape[0]
+        for start in range(0, total, self.member_chunk):
+            chunk = {k: v[start : start + self.member_chunk] for k, v in weights.items()}
+            n = next(iter(chunk.values())).shape[0]
+            rep_classes = classes.repeat(n) if classes is not None else None
+            x = self.adapter.sample(seeds.repeat(n), rep_classes, steps=steps, weights=chunk)
+            out.append(x.view(n, batch, *x.shape[1:]))
+        return torch.cat(out)
+
+    def generate_members(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int) -> torch.Tensor:
+        """The M member samples [M, B, ...] from the same seeds, with the drawn weight sets."""
+        return self.generate(seeds, classes, steps, self._weight_sets(slice(1, None)))
+
+    def generate_scored(self, seeds: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept samples [B, ...], the members the score is computed over [K, B, ...]).
+
+        The kept sample is member 0, sampled with the pretrained weights through the same batched
+        path as the drawn members, so a zero-variance posterior gives exactly zero variance. With
+        T' = T, kept and members share the batched forwards.
+        """
+        if self.member_steps == self.steps:
+            both = self.generate(seeds, classes, self.steps, self.member_weights)
+            kept, members = both[0], both[1:]
+        else:
+            kept = self.generate(seeds, classes, self.steps, self._weight_sets(slice(0, 1)))[0]
+            members = self.generate_members(seeds, classes, self.member_steps)
+        return kept, torch.cat([kept[None], members]) if self.include_pretrained else members
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Samples, members and scores for one batch of ``{"index", "seed", "class"}``."""
+        index, seeds, classes = collate_check(batch)
+        cond = classes.to(self.device) if self.adapter.num_classes is not None else None
+        kept, members = self.generate_scored(seeds, cond)
+        k, b = members.shape[:2]
+        decoded = self.adapter.decode(members.flatten(0, 1)).view(k, b, *members.shape[2:])
+        out: dict[str, Any] = {
+            "index": index,
+            "seed": seeds,
+            "class": classes,
+            "scores": {lik.name: lik.score(decoded) for lik in self.likelihoods},
+            "sample": self.adapter.decode(kept),
+        }
+        if self.save_variance_maps:
+            out["variance_maps"] = PixelLikelihood.variance_map(decoded)
+        return out

@@ -1,0 +1,263 @@
+"""ScoredSampleWriter: per-rank shards written atomically, a merged scores table, a manifest; resumable.
+
+A predict run directory holds:
+
+- ``manifest.json``: the run's identity (model, posterior and likelihood fingerprints, M, T, T',
+  seeds), versions and world size. A re-run with another identity is refused before sampling.
+- ``shards/shard-<first>-<last>-<uid>.safetensors``: one per batch and rank, written atomically:
+  ``index``, ``seed``, ``class``, ``score.<name>`` and (optionally) ``sample`` and ``variance_map``.
+- ``scores.csv``: every index exactly once, sorted: ``index,seed,class,<score columns>``.
+- ``images/<index>.png`` when ``save_png`` is on (image samples only).
+
+A re-run of the same command reads the shards, drops unreadable (e.g. truncated) ones, generates
+only the missing indices and rewrites the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from genunc_lightning.io import atomic_path, write_text_atomic
+
+MANIFEST = "manifest.json"
+SCORES = "scores.csv"
+SHARD_FORMAT = "genunc-lightning/scored-shard"
+RUN_FORMAT = "genunc-lightning/predict-run"
+
+
+class RunDirectoryError(ValueError):
+    """The output directory holds another run's results, or a run's files are inconsistent."""
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+
+    from genunc_lightning import __version__
+
+    return {"genunc_lightning": __version__, "torch": torch.__version__, "lightning": lightning.__version__}
+
+
+def read_shards(
+    directory: str | Path, remove_invalid: bool = False, columns: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Concatenates every readable shard of a run directory (unsorted, possibly with gaps).
+
+    Args:
+        directory: the run directory.
+        remove_invalid: delete shards that cannot be read (truncated or foreign) so they are regenerated.
+        columns: read only these columns (all when ``None``).
+    """
+    from safetensors import safe_open
+
+    parts: list[dict[str, torch.Tensor]] = []
+    for path in sorted((Path(directory) / "shards").glob("shard-*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("format") != SHARD_FORMAT:
+                    raise ValueError("not a scored-sample shard")
+                keys = [k for k in f.keys() if columns is None or k in columns]
+                parts.append({k: f.get_tensor(k) for k in keys})
+        except Exception as err:  # a truncated file raises safetensors' own error types
+            if not remove_invalid:
+                raise RunDirectoryError(f"Unreadable shard {path}: {err}") from err
+            rank_zero_warn(f"Shard {path.name} is unreadable ({err}); its samples will be generated again.")
+            path.unlink(missing_ok=True)
+    if not parts:
+        return {}
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise RunDirectoryError(f"Shards in {directory} hold different columns: the run directory is inconsistent.")
+    return {k: torch.cat([p[k] for p in parts]) for k in sorted(keys)}
+
+
+def read_scores(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The merged scores table of a run directory as columns (``index``, ``seed``, ``class``, scores)."""
+    path = Path(directory) / SCORES
+    if not path.is_file():
+        raise FileNotFoundError(f"No {SCORES} in {directory}: run `genunc predict` into it first.")
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    cols: dict[str, torch.Tensor] = {}
+    for j, name in enumerate(header):
+        values = [r[j] for r in body]
+        if name in ("index", "seed", "class"):
+            cols[name] = torch.tensor([int(v) for v in values], dtype=torch.long)
+        else:
+            cols[name] = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return cols
+
+
+class ScoredSampleWriter(BasePredictionWriter):
+    """Writes ``GenerativeUncertaintyModule`` predictions into a resumable run directory.
+
+    Args:
+        output_dir: the run directory.
+        save_samples: keep the decoded kept samples in the shards (needed by `genunc evaluate`).
+        save_png: also write one PNG per image sample.
+    """
+
+    def __init__(self, output_dir: str = "runs/predict", save_samples: bool = True, save_png: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.save_samples = save_samples
+        self.save_png = save_png
+        self._warned_png = False
+
+    # -- before sampling -------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Checks the directory against this run, finds finished indices, writes the manifest."""
+        if stage != "predict":
+            return
+        identity = {
+            "module": pl_module.identity() if hasattr(pl_module, "identity") else {},
+            "data": trainer.datamodule.identity() if hasattr(trainer.datamodule, "identity") else {},
+            "save_samples": self.save_samples,
+        }
+        identity = json.loads(json.dumps(identity, default=str))
+        manifest_path = self.output_dir / MANIFEST
+        if manifest_path.is_file():
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except json.JSONDecodeError as err:
+                raise RunDirectoryError(f"{manifest_path} is not valid JSON: remove the directory or fix it.") from err
+            if previous.get("identity") != identity:
+                diff = sorted(
+                    k
+                    for k in set(previous.get("identity", {}).get("module", {})) | set(identity["module"])
+                    if previous.get("identity", {}).get("module", {}).get(k) != identity["module"].get(k)
+                )
+                raise RunDirectoryError(
+                    f"{self.output_dir} holds results of another configuration (differs in: "
+                    f"{', '.join(diff) or 'data or writer settings'}). Choose a new output_dir, or delete it."
+                )
+        elif self.output_dir.exists() and any(self.output_dir.iterdir()):
+            raise RunDirectoryError(
+                f"{self.output_dir} is not empty and has no {MANIFEST}: it is not a predict run directory."
+            )
+        trainer.strategy.barrier()  # every rank has read the old manifest before rank 0 changes anything
+        if trainer.is_global_zero:
+            read_shards(self.output_dir, remove_invalid=True, columns=["index"])
+        trainer.strategy.barrier()
+        done = read_shards(self.output_dir, columns=["index"]).get("index")  # the same view on every rank
+        skip = set(done.tolist()) if done is not None else set()
+        if skip:
+            rank_zero_info(f"Resuming {self.output_dir}: {len(skip)} samples already written.")
+        if hasattr(trainer.datamodule, "skip_indices"):
+            trainer.datamodule.skip_indices = skip
+        elif skip:
+            raise RunDirectoryError(
+                "The directory holds finished samples but the data module cannot skip them: use SeedDataModule."
+            )
+        if trainer.is_global_zero:
+            manifest = {
+                "format": RUN_FORMAT,
+                "identity": identity,
+                "versions": _versions(),
+                "world_size": trainer.world_size,
+                "num_samples": getattr(trainer.datamodule, "num_samples", None),
+                "complete": False,
+            }
+            write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+        trainer.strategy.barrier()
+
+    # -- during sampling -------------------------------------------------------------------
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        """Writes one shard for the batch, atomically."""
+        from safetensors.torch import save_file
+
+        index = prediction["index"].cpu()
+        tensors = {
+            "index": index.long(),
+            "seed": prediction["seed"].cpu().long(),
+            "class": prediction["class"].cpu().long(),
+        }
+        for name, value in prediction["scores"].items():
+            tensors[f"score.{name}"] = value.detach().cpu().double()
+        if self.save_samples:
+            tensors["sample"] = prediction["sample"].detach().cpu().float()
+        if "variance_maps" in prediction:
+            tensors["variance_map"] = prediction["variance_maps"].detach().cpu().float()
+        name = f"shard-{int(index.min()):09d}-{int(index.max()):09d}-{uuid.uuid4().hex[:8]}.safetensors"
+        with atomic_path(self.output_dir / "shards" / name) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": SHARD_FORMAT})
+        if self.save_png:
+            self._write_pngs(index, prediction["sample"])
+
+    def _write_pngs(self, index: torch.Tensor, samples: torch.Tensor) -> None:
+        from torchvision.utils import save_image
+
+        if samples.dim() != 4:
+            if not self._warned_png:
+                rank_zero_warn("save_png is on but the samples are not images [B, C, H, W]; no PNGs written.")
+                self._warned_png = True
+            return
+        for i, img in zip(index.tolist(), samples.detach().cpu(), strict=True):
+            buf = io.BytesIO()
+            save_image(img, buf, format="png")
+            with atomic_path(self.output_dir / "images" / f"{i:06d}.png") as tmp:
+                tmp.write_bytes(buf.getvalue())
+
+    # -- after sampling --------------------------------------------------------------------
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Merges the shards into ``scores.csv`` (rank 0, after every rank has finished)."""
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            self.merge(getattr(trainer.datamodule, "num_samples", None))
+        trainer.strategy.barrier()
+
+    def merge(self, num_samples: int | None = None) -> Path:
+        """Writes the scores table from the shards; checks every index appears exactly once."""
+        cols = read_shards(self.output_dir)
+        if not cols:
+            raise RunDirectoryError(f"No shards in {self.output_dir}: nothing was generated.")
+        order = cols["index"].argsort()
+        index = cols["index"][order]
+        if (index[1:] == index[:-1]).any():
+            dup = index[1:][index[1:] == index[:-1]].unique()[:10].tolist()
+            raise RunDirectoryError(f"Indices {dup} appear in more than one shard of {self.output_dir}.")
+        if num_samples is not None:
+            index_set = set(index.tolist())
+            missing = [i for i in range(num_samples) if i not in index_set]
+            if missing:
+                raise RunDirectoryError(
+                    f"{len(missing)} indices are missing (first: {missing[:10]}); re-run to finish."
+                )
+        score_names = sorted(k for k in cols if k.startswith("score."))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["index", "seed", "class", *[k[len("score.") :] for k in score_names]])
+        columns = [cols["index"][order], cols["seed"][order], cols["class"][order]]
+        columns += [cols[k][order] for k in score_names]
+        for row in zip(*[c.tolist() for c in columns], strict=True):
+            writer.writerow([row[0], row[1], row[2], *[repr(float(v)) for v in row[3:]]])
+        path = write_text_atomic(self.output_dir / SCORES, buf.getvalue())
+        manifest_path = self.output_dir / MANIFEST
+        manifest = json.loads(manifest_path.read_text())
+        manifest.update({"complete": True, "num_written": int(index.numel())})
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+        rank_zero_info(f"Scores of {index.numel()} samples written to {path}")
+        return path

@@ -1,0 +1,217 @@
+"""Scored sampling: scores, Trainer.predict under DDP, the writer, resume after SIGKILL, bad input."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from genunc_lightning.adapters import GaussianDiffusionAdapter
+from genunc_lightning.data import SeedDataModule
+from genunc_lightning.laplace import DiagonalLaplacePosterior, PosteriorMismatchError, fisher_batch
+from genunc_lightning.models import MLPDenoiser
+from genunc_lightning.seeding import example_seeds
+from genunc_lightning.uncertainty import (
+    GenerativeUncertaintyModule,
+    PixelLikelihood,
+    ScoredSampleWriter,
+    SemanticLikelihood,
+    generative_uncertainty,
+    member_variance,
+    read_scores,
+)
+from genunc_lightning.uncertainty.writer import RunDirectoryError, read_shards
+
+
+def toy_model(tmp_path, hidden=32, seed=0, steps=8):
+    torch.manual_seed(seed)
+    model = MLPDenoiser(hidden=hidden, depth=2)
+    adapter = GaussianDiffusionAdapter(model, "out", (2,), sampler="ddpm", steps=steps)
+    x = torch.randn(64, 2)
+    fb = fisher_batch(adapter, x, [example_seeds(0, range(64))])
+    post = DiagonalLaplacePosterior.fit(model.out, "out", fb.diag, 64, float(fb.squared_residual_sum), fb.num_residuals)
+    path = post.save(tmp_path / "posterior.safetensors")
+    torch.save(model.state_dict(), tmp_path / "denoiser.pt")
+    return adapter, path
+
+
+def predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices=1, **module_kwargs):
+    module = GenerativeUncertaintyModule(adapter, str(posterior), **module_kwargs)
+    writer = ScoredSampleWriter(str(out_dir))
+    kwargs = dict(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False)
+    if devices > 1:
+        kwargs["strategy"] = "ddp_spawn"
+    trainer = Trainer(callbacks=[writer], enable_model_summary=False, **kwargs)
+    trainer.predict(module, datamodule=SeedDataModule(num_samples, batch_size, seed=3), return_predictions=False)
+    return read_scores(out_dir)
+
+
+# --- the score --------------------------------------------------------------------------------
+
+
+def test_zero_variance_gives_the_noise_entropy_exactly(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    encoder = torch.nn.Linear(2, 7)
+    module = GenerativeUncertaintyModule(
+        adapter, str(path), [SemanticLikelihood(encoder, noise_var=1e-3)], num_members=3, temperature=0.0
+    )
+    batch = {"index": torch.arange(5), "seed": torch.arange(5) + 100, "class": torch.full((5,), -1)}
+    kept, members = module.generate_scored(batch["seed"], None)
+    assert torch.equal(member_variance(encoder(members).detach()), torch.zeros(5, 7, dtype=torch.float64))
+    out = module.predict_step(batch, 0)
+    expected = 0.5 * 7 * math.log(2 * math.pi * math.e * 1e-3)
+    # Exact up to the rounding of summing D equal terms versus multiplying by D.
+    torch.testing.assert_close(
+        out["scores"]["semantic"], torch.full((5,), expected, dtype=torch.float64), rtol=1e-15, atol=0
+    )
+
+
+def test_identity_features_match_a_float64_numpy_reference():
+    members = torch.randn(6, 4, 3, 5, 5)
+    scores = PixelLikelihood(noise_var=0.01).score(members)
+    f = members.double().numpy().reshape(6, 4, -1)
+    var = ((f - f.mean(0)) ** 2).mean(0)
+    ref = 0.5 * np.log(2 * np.pi * np.e * (var + 0.01)).sum(-1)
+    np.testing.assert_allclose(scores.numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features_never_give_negative_variance(dtype):
+    # A large mean and a tiny spread: E[f²] − E[f]² computed in half precision goes negative.
+    feats = (50 + 0.3 * torch.randn(6, 8, 32)).to(dtype)
+    naive = feats.pow(2).mean(0) - feats.mean(0).pow(2)
+    assert (naive < 0).any()
+    var = member_variance(feats)
+    assert var.dtype == torch.float64 and (var >= 0).all()
+    assert torch.isfinite(generative_uncertainty(feats, 1e-3)).all()
+
+
+def test_variance_maps_and_members_without_the_pretrained_sample(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    module = GenerativeUncertaintyModule(
+        adapter, str(path), num_members=3, include_pretrained=False, save_variance_maps=True, member_chunk=2
+    )
+    batch = {"index": torch.arange(4), "seed": torch.arange(4), "class": torch.full((4,), -1)}
+    out = module.predict_step(batch, 0)
+    assert out["variance_maps"].shape == (4, 2) and (out["variance_maps"] >= 0).all()
+    members = module.generate_members(batch["seed"], None, module.member_steps)
+    torch.testing.assert_close(out["variance_maps"], members.double().var(0, unbiased=False))
+
+
+def test_member_chunking_does_not_change_scores(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    batch = {"index": torch.arange(6), "seed": torch.arange(6), "class": torch.full((6,), -1)}
+    a = GenerativeUncertaintyModule(adapter, str(path), num_members=4, member_chunk=1).predict_step(batch, 0)
+    b = GenerativeUncertaintyModule(adapter, str(path), num_members=4, member_chunk=4).predict_step(batch, 0)
+    torch.testing.assert_close(a["scores"]["pixel"], b["scores"]["pixel"], rtol=1e-6, atol=1e-6)
+
+
+# --- Trainer.predict, DDP, resume -------------------------------------------------------------
+
+
+def test_scores_do_not_depend_on_batch_size_or_world_size(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    one = predict(adapter, path, tmp_path / "one", batch_size=16)
+    other_batch = predict(adapter, path, tmp_path / "b7", batch_size=7)
+    two = predict(adapter, path, tmp_path / "two", batch_size=16, devices=2)
+    assert torch.equal(one["index"], torch.arange(40))
+    for table in (other_batch, two):
+        assert torch.equal(table["index"], one["index"]) and torch.equal(table["seed"], one["seed"])
+        assert (table["pixel"] - one["pixel"]).abs().max() <= 1e-6
+    assert one["pixel"].std() > 0
+
+
+def test_writer_refuses_another_configuration(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    predict(adapter, path, tmp_path / "run", num_members=2)
+    with pytest.raises(RunDirectoryError, match="another configuration.*num_members"):
+        predict(adapter, path, tmp_path / "run", num_members=3)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(RunDirectoryError, match="not a predict run directory"):
+        predict(adapter, path, tmp_path / "junk")
+
+
+def test_truncated_shard_is_detected_and_recomputed(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    full = predict(adapter, path, tmp_path / "run", batch_size=8)
+    shard = sorted((tmp_path / "run" / "shards").iterdir())[2]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(RunDirectoryError, match="Unreadable shard"):
+        read_shards(tmp_path / "run")
+    again = predict(adapter, path, tmp_path / "run", batch_size=8)
+    for key in full:
+        assert torch.equal(again[key], full[key])
+
+
+def test_growing_num_samples_reuses_finished_ones(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    small = predict(adapter, path, tmp_path / "run", num_samples=16)
+    before = set((tmp_path / "run" / "shards").iterdir())
+    bigger = predict(adapter, path, tmp_path / "run", num_samples=40)
+    assert before <= set((tmp_path / "run" / "shards").iterdir())
+    assert torch.equal(bigger["pixel"][:16], small["pixel"])
+
+
+PREDICT_SCRIPT = """
+import sys, torch
+from genunc_lightning.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    adapter, path = toy_model(tmp_path, hidden=128, steps=200)
+    model_cfg = tmp_path / "model.yaml"
+    model_cfg.write_text(
+        "model:\n  adapter:\n    class_path: genunc_lightning.adapters.GaussianDiffusionAdapter\n    init_args:\n"
+        "      denoiser:\n        class_path: genunc_lightning.models.MLPDenoiser\n"
+        "        init_args: {hidden: 128, depth: 2}\n"
+        "      last_layer: out\n      sample_shape: [2]\n      sampler: ddpm\n      steps: 200\n"
+        f"  checkpoint: {tmp_path / 'denoiser.pt'}\n  posterior: {path}\n  num_members: 5\n"
+        "data:\n  num_samples: 480\n  batch_size: 16\n  seed: 1\n"
+        "trainer:\n  accelerator: cpu\n  enable_progress_bar: false\n"
+    )
+
+    def command(out):
+        return [sys.executable, "-m", "genunc_lightning.cli", "predict", "--config", str(model_cfg),
+                "--writer.output_dir", str(out)]  # fmt: skip
+
+    subprocess.run(command(tmp_path / "full"), check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "killed" / "shards"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not shards.is_dir() or len(list(shards.glob("shard-*"))) < 4):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(shards.glob("shard-*")))
+    assert 4 <= written < 30, f"kill came too late or too early: {written} of 30 shards"
+    assert not (tmp_path / "killed" / "scores.csv").exists()
+    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True, timeout=600)
+    full, resumed = read_scores(tmp_path / "full"), read_scores(tmp_path / "killed")
+    assert torch.equal(resumed["index"], torch.arange(480))
+    for key in full:
+        assert torch.equal(resumed[key], full[key]), key
+
+
+# --- bad input, before any sampling --------------------------------------------------------------
+
+
+def test_bad_settings_fail_before_sampling(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    with pytest.raises(ValueError, match="at least 1"):
+        GenerativeUncertaintyModule(adapter, str(path), num_members=0)
+    with pytest.raises(ValueError, match=r"T' = 20\) must not exceed steps \(T = 8\)"):
+        GenerativeUncertaintyModule(adapter, str(path), member_steps=20)
+    other = GaussianDiffusionAdapter(MLPDenoiser(hidden=32, depth=2), "out", (2,))
+    with pytest.raises(PosteriorMismatchError, match="other weights"):
+        GenerativeUncertaintyModule(other, str(path))
+    with pytest.raises(ValueError, match="distinct names"):
+        GenerativeUncertaintyModule(adapter, str(path), likelihoods=[PixelLikelihood(), PixelLikelihood()])
