@@ -33,3 +33,16 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     return f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+SIZES = {
+    # A digits/CIFAR-scale UNet for the CPU.
+    "small": dict(shape=(3, 32, 32), unet=dict(in_channels=3, base_channels=32, channel_mults=(1, 2, 2)), batch=32),
+    # ADM-128-sized: 256 base channels, mults (1, 1, 2, 3, 4), 2 res blocks, learned sigma, so the
+    # last layer is ADM's `out.2` (3x3 conv 256 -> 6). No attention blocks.
+    "adm128": dict(
+        shape=(3, 128, 128),
+        unet=dict(in_channels=3, base_channels=256, channel_mults=(1, 1, 2, 3, 4), num_res_blocks=2, learn_sigma=True),
+        batch=16,
+    ),
+}

@@ -20,24 +20,12 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_device, median_seconds  # noqa: E402
+from common import SIZES, describe_device, median_seconds  # noqa: E402
 
 from genunc_lightning.adapters import GaussianDiffusionAdapter  # noqa: E402
 from genunc_lightning.laplace import fisher_batch  # noqa: E402
 from genunc_lightning.models import SmallUNet  # noqa: E402
 from genunc_lightning.seeding import example_seeds  # noqa: E402
-
-SIZES = {
-    # A digits/CIFAR-scale UNet for the CPU.
-    "small": dict(shape=(3, 32, 32), unet=dict(in_channels=3, base_channels=32, channel_mults=(1, 2, 2)), batch=32),
-    # ADM-128-sized: 256 base channels, mults (1, 1, 2, 3, 4), 2 res blocks, learned sigma, so the
-    # last layer is ADM's `out.2` (3x3 conv 256 -> 6). No attention blocks.
-    "adm128": dict(
-        shape=(3, 128, 128),
-        unet=dict(in_channels=3, base_channels=256, channel_mults=(1, 1, 2, 3, 4), num_res_blocks=2, learn_sigma=True),
-        batch=16,
-    ),
-}
 
 
 def bench(size: str, device: torch.device, batch: int | None, repeats: int) -> dict:

@@ -38,7 +38,9 @@ class GenerativeUncertaintyModule(LightningModule):
         member_steps: T', the members' steps (T when ``None``); must not exceed T.
         posterior_seed: seed of the M weight draws.
         include_pretrained: count the kept sample as a member of the variance.
-        member_chunk: members per forward (all M when ``None``); bounds memory.
+        member_chunk: weight sets per batched forward; bounds memory. ``None`` chooses by device: all of
+            them in one forward on an accelerator, one at a time on the CPU (where a larger batch runs
+            slower per sample, measured in ``benchmarks/sampling.py``).
         checkpoint: weights to load into the adapter first.
         temperature: overrides the posterior's temperature (0 gives zero variance).
         save_variance_maps: return per-pixel variance maps of the pixel likelihood.
@@ -89,7 +91,9 @@ class GenerativeUncertaintyModule(LightningModule):
         self.num_members = num_members
         self.posterior_seed = posterior_seed
         self.include_pretrained = include_pretrained
-        self.member_chunk = member_chunk or num_members
+        if member_chunk is not None and member_chunk < 1:
+            raise ValueError(f"member_chunk must be at least 1, got {member_chunk}.")
+        self.member_chunk = member_chunk
         self.save_variance_maps = save_variance_maps
         drawn = posterior.sample(num_members, torch.Generator().manual_seed(posterior_seed))
         pretrained = posterior.check_compatible(adapter.denoiser).named_parameters(recurse=False)
@@ -123,8 +127,9 @@ class GenerativeUncertaintyModule(LightningModule):
         """Samples [K, B, ...] for K stacked weight sets, ``member_chunk`` sets per batched forward."""
         out = []
         batch, total = seeds.shape[0], next(iter(weights.values())).shape[0]
-        for start in range(0, total, self.member_chunk):
-            chunk = {k: v[start : start + self.member_chunk] for k, v in weights.items()}
+        step = self.member_chunk or (1 if self.device.type == "cpu" else total)
+        for start in range(0, total, step):
+            chunk = {k: v[start : start + step] for k, v in weights.items()}
             n = next(iter(chunk.values())).shape[0]
             rep_classes = classes.repeat(n) if classes is not None else None
             x = self.adapter.sample(seeds.repeat(n), rep_classes, steps=steps, weights=chunk)
