@@ -1,4 +1,4 @@
-"""The `genunc` command: LightningCLI subcommands fit, fit_laplace, predict and demo.
+"""The `genunc` command: subcommands fit, fit_laplace, predict, evaluate and demo.
 
 Each subcommand is a LightningCLI with its own config schema, so ``--help`` and
 ``--print_config`` show exactly the keys that subcommand reads. Config files compose:
@@ -87,6 +87,25 @@ def run_predict(args: Sequence[str]) -> LightningCLI:
     return cli
 
 
+def run_evaluate(args: Sequence[str]) -> dict:
+    """`genunc evaluate`: FID, precision and recall of kept subsets of a predict run (see ``Evaluation``)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from genunc_lightning.evaluation import Evaluation, markdown_table
+
+    parser = ArgumentParser(prog="genunc evaluate", description=Evaluation.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s)")
+    parser.add_class_arguments(Evaluation)
+    cfg = parser.parse_args(list(args))
+    init = parser.instantiate(cfg)
+    init.pop("config", None)
+    evaluation = Evaluation(**init)
+    report = evaluation.run()
+    print(markdown_table(report))
+    print(f"Written to {evaluation.output_dir}")
+    return report
+
+
 def run_demo(args: Sequence[str]) -> Any:
     """`genunc demo`: trains the toy model, fits its posterior and prints the summary."""
     from genunc_lightning.demo import main as demo_main
@@ -98,20 +117,23 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {
     "fit": run_fit,
     "fit_laplace": run_fit_laplace,
     "predict": run_predict,
+    "evaluate": run_evaluate,
     "demo": run_demo,
 }
 
-USAGE = """usage: genunc {fit,fit_laplace,predict,demo} [--config CONFIG.yaml ...] [--print_config] [--help]
+USAGE = """usage: genunc {fit,fit_laplace,predict,evaluate,demo} [--config CONFIG.yaml ...] [--print_config] [--help]
 
   fit          train a denoiser (LightningCLI fit with DiffusionTrainingModule)
   fit_laplace  fit the diagonal last-layer Laplace posterior over a training subset
   predict      generate uncertainty-scored samples into a resumable run directory
+  evaluate     FID, precision and recall of the samples each score keeps, against random subsets
   demo         the embedded default, offline: train, fit the posterior, report
 
 Example:
   genunc fit --config configs/toy/model.yaml --config configs/toy/fit.yaml
   genunc fit_laplace --config configs/toy/model.yaml --config configs/toy/fit_laplace.yaml
   genunc predict --config configs/toy/model.yaml --config configs/toy/predict.yaml
+  genunc evaluate --config configs/toy/evaluate.yaml
 """
 
 

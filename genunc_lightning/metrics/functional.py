@@ -14,7 +14,8 @@ import torch
 DEFAULT_CHUNK = 2048
 
 
-def _check_features(name: str, x: torch.Tensor) -> None:
+def check_features(name: str, x: torch.Tensor) -> None:
+    """Raises a ValueError naming ``name`` unless ``x`` is a non-empty, finite [N, D] tensor."""
     if x.dim() != 2:
         raise ValueError(f"{name} must be a 2-D tensor [num_samples, num_features], got shape {tuple(x.shape)}.")
     if x.shape[0] == 0:
@@ -24,9 +25,10 @@ def _check_features(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} has NaN or inf values (rows {bad}): check the feature extractor and the inputs.")
 
 
-def _check_pair(real: torch.Tensor, fake: torch.Tensor, k: int | None = None) -> None:
-    _check_features("real features", real)
-    _check_features("fake features", fake)
+def check_pair(real: torch.Tensor, fake: torch.Tensor, k: int | None = None) -> None:
+    """``check_features`` on both sets, equal dimensions, and at least k + 1 reference points."""
+    check_features("real features", real)
+    check_features("fake features", fake)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(
             f"Feature dimensions differ: real {real.shape[1]}, fake {fake.shape[1]}. Use the same extractor for both."
@@ -43,7 +45,7 @@ def _check_pair(real: torch.Tensor, fake: torch.Tensor, k: int | None = None) ->
 
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased covariance of ``features`` [N, D], in float64."""
-    _check_features("features", features)
+    check_features("features", features)
     if features.shape[0] < 2:
         raise ValueError("The covariance needs at least 2 samples.")
     x = features.double()
@@ -70,7 +72,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 def frechet_distance_features(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Fréchet distance between two feature sets."""
-    _check_pair(real, fake)
+    check_pair(real, fake)
     return frechet_distance(*feature_statistics(fake), *feature_statistics(real))
 
 
@@ -79,7 +81,7 @@ def frechet_distance_features(real: torch.Tensor, fake: torch.Tensor) -> torch.T
 
 def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Distance from each point to its k-th nearest other point of the same set."""
-    _check_features("features", features)
+    check_features("features", features)
     if features.shape[0] < k + 1:
         raise ValueError(f"The set has {features.shape[0]} points; k = {k} needs at least {k + 1}.")
     out = torch.empty(features.shape[0], dtype=features.dtype, device=features.device)
@@ -116,7 +118,7 @@ def precision_recall(
     of real points inside some fake point's k-NN ball. A point on a ball's boundary is inside, as in
     torch-fidelity's ``prc``.
     """
-    _check_pair(real, fake, k)
+    check_pair(real, fake, k)
     if fake.shape[0] < k + 1:
         raise ValueError(f"The kept set has {fake.shape[0]} points; recall with k = {k} needs at least {k + 1}.")
     precision = _scan_balls(fake, real, knn_radii(real, k, chunk), chunk)[0].double().mean()
@@ -134,7 +136,7 @@ def realism_score(
     above 1 means inside some kept real ball. The authors' code takes the ratio of squared
     distances, which ranks samples identically.
     """
-    _check_pair(real, fake, k)
+    check_pair(real, fake, k)
     radii = knn_radii(real, k, chunk)
     keep = radii <= torch.quantile(radii.double(), prune_quantile).to(radii.dtype)
     return _scan_balls(fake, real[keep], radii[keep], chunk)[1]
@@ -145,5 +147,5 @@ def rarity_score(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int 
 
     Lower = more typical. A point outside every real ball scores +inf.
     """
-    _check_pair(real, fake, k)
+    check_pair(real, fake, k)
     return _scan_balls(fake, real, knn_radii(real, k, chunk), chunk)[2]

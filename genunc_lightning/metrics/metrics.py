@@ -132,7 +132,7 @@ class FrechetDistance(_FeatureMetric):
     def update(self, x: torch.Tensor, real: bool) -> None:
         """Adds a batch of real or fake inputs."""
         feats = self._features(x)
-        F._check_features("features", feats)
+        F.check_features("features", feats)
         if self.real_sum.numel() == 0:  # first update since construction or reset
             self._allocate(feats.shape[1] if self.num_features is None else self.num_features)
         if feats.shape[1] != self.num_features:

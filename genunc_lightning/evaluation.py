@@ -1,0 +1,361 @@
+"""Evaluate filtered subsets of a predict run: keep the K best by each score, compare with random.
+
+Reads what `genunc predict` wrote (scores table, shards with the decoded samples), computes
+features of the samples and of a reference set, adds the realism and rarity scores, and for every
+score column, every rank-sum combination and R random subsets keeps K samples. It computes the
+Fréchet distance, precision and recall of each kept set against the reference set and writes
+``evaluation.json``, ``evaluation.md`` and plots into the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from genunc_lightning.adapters.base import unpack_batch
+from genunc_lightning.io import atomic_path, write_text_atomic
+from genunc_lightning.metrics import functional as MF
+from genunc_lightning.uncertainty.writer import MANIFEST, read_scores, read_shards
+
+HIGHER_IS_BETTER = {"realism"}  # every other column: lower is better (uncertainty, rarity)
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run on these inputs."""
+
+
+# --- selection (pure) -------------------------------------------------------------------------
+
+
+def ordinal_ranks(values: torch.Tensor, higher_is_better: bool = False) -> torch.Tensor:
+    """Rank 0 for the best value; ties keep index order (stable)."""
+    order = torch.sort(values.double(), descending=higher_is_better, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(len(values))
+    return ranks
+
+
+def combined_ranks(columns: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
+    """Sum of each column's ordinal ranks (lower = better on every column together)."""
+    return sum(ordinal_ranks(columns[n], n in HIGHER_IS_BETTER) for n in names)
+
+
+def keep_best(values: torch.Tensor, k: int, higher_is_better: bool = False) -> torch.Tensor:
+    """Positions of the ``k`` best values."""
+    return torch.sort(values.double(), descending=higher_is_better, stable=True).indices[:k]
+
+
+def class_balanced_keep(
+    values: torch.Tensor, classes: torch.Tensor, k: int, higher_is_better: bool = False
+) -> torch.Tensor:
+    """The best within each class, each class keeping its share of ``k`` (largest remainders)."""
+    labels, counts = classes.unique(return_counts=True)
+    quota = counts.double() * k / len(values)
+    take = quota.floor().long()
+    remainder = k - int(take.sum())
+    take[torch.sort(quota - take, descending=True, stable=True).indices[:remainder]] += 1
+    kept = []
+    for label, n in zip(labels.tolist(), take.tolist(), strict=True):
+        members = (classes == label).nonzero().flatten()
+        kept.append(members[keep_best(values[members], n, higher_is_better)])
+    return torch.cat(kept)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties; ±inf ranked as the extremes)."""
+
+    def avg_ranks(x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        order = torch.argsort(x, stable=True)
+        ranks = torch.empty_like(x)
+        ranks[order] = torch.arange(len(x), dtype=torch.float64)
+        for value in x.unique()[x.unique(return_counts=True)[1] > 1]:
+            tie = x == value
+            ranks[tie] = ranks[tie].mean()
+        return ranks
+
+    ra, rb = avg_ranks(a), avg_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = (ra.norm() * rb.norm()).item()
+    return float((ra @ rb).item() / denom) if denom > 0 else float("nan")
+
+
+# --- the evaluation -------------------------------------------------------------------------
+
+
+class Evaluation:
+    """One evaluation of a predict run directory.
+
+    Args:
+        run_dir: the predict run directory.
+        reference: the real data (items as in training: a tensor, ``(x, y)`` or a dict).
+        feature_extractor: maps samples to features (e.g. ``InceptionEncoder`` for FID on images);
+            ``None`` uses the samples themselves (the 2D toy).
+        reference_range: the reference data's range, mapped to [0, 1] like the model's ``decode``
+            (``[-1, 1]`` for pixel diffusion data); ``None`` leaves it as it is.
+        keep: K, as a count, or as a fraction of the samples (a float in (0, 1]).
+        scores: score columns to evaluate (all in the table when ``None``).
+        combinations: lists of columns combined by summing their ranks, e.g. [[semantic, realism]];
+            combinations naming an absent column are skipped.
+        class_balanced: also keep the K best within each class, in proportion.
+        random_subsets: R random kept sets (mean ± std).
+        k: neighbourhood size of precision, recall, realism and rarity.
+        fractions: kept fractions for the metric-against-fraction plot.
+        output_dir: where to write (default ``<run_dir>/evaluation``).
+        cache_dir: reference-feature cache, keyed by extractor and data fingerprint (``None``: off).
+        batch_size: feature-extraction batch.
+        device: feature-extraction device.
+        seed: seed of the random subsets.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        reference: Dataset,
+        feature_extractor: nn.Module | None = None,
+        reference_range: tuple[float, float] | None = None,
+        keep: float | int = 0.8333333333333334,
+        scores: list[str] | None = None,
+        combinations: list[list[str]] | None = None,
+        class_balanced: bool = False,
+        random_subsets: int = 5,
+        k: int = 3,
+        fractions: list[float] | None = None,
+        output_dir: str | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.reference = reference
+        self.feature_extractor = feature_extractor
+        self.reference_range = reference_range
+        self.keep = keep
+        self.scores = scores
+        self.combinations = combinations if combinations is not None else [["semantic", "realism"]]
+        self.class_balanced = class_balanced
+        self.random_subsets = random_subsets
+        self.k = k
+        self.fractions = fractions or [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+        self.output_dir = Path(output_dir) if output_dir else self.run_dir / "evaluation"
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.seed = seed
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def load_run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the scores table, the decoded samples in table order); checks nothing is missing."""
+        manifest_path = self.run_dir / MANIFEST
+        if not manifest_path.is_file():
+            raise EvaluationError(f"{self.run_dir} is not a predict run directory (no {MANIFEST}).")
+        manifest = json.loads(manifest_path.read_text())
+        table = read_scores(self.run_dir)
+        expected = manifest.get("num_samples")
+        if expected is not None:
+            present = set(table["index"].tolist())
+            missing = [i for i in range(expected) if i not in present]
+            if missing:
+                raise EvaluationError(
+                    f"{self.run_dir} is missing {len(missing)} of {expected} indices (first: {missing[:10]}): "
+                    "re-run the same `genunc predict` command to finish it."
+                )
+        shards = read_shards(self.run_dir, columns=["index", "sample"])
+        if "sample" not in shards:
+            raise EvaluationError(f"{self.run_dir} was written with save_samples=false: there are no samples.")
+        position = {int(i): p for p, i in enumerate(shards["index"].tolist())}
+        order = torch.tensor([position[int(i)] for i in table["index"].tolist()])
+        return table, shards["sample"][order]
+
+    @torch.no_grad()
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        """Features [N, D] of samples, in batches."""
+        if self.feature_extractor is None:
+            return samples.flatten(1).float()
+        self.feature_extractor.to(self.device).eval()
+        out = [self.feature_extractor(b.to(self.device)).float().cpu() for b in samples.split(self.batch_size)]
+        return torch.cat(out).flatten(1)
+
+    def reference_samples(self) -> torch.Tensor:
+        """The reference data as one tensor, mapped like the model's ``decode``."""
+        items = [unpack_batch(self.reference[i])[0] for i in range(len(self.reference))]
+        x = torch.stack([torch.as_tensor(v) for v in items]).float()
+        if self.reference_range is not None:
+            low, high = self.reference_range
+            x = ((x - low) / (high - low)).clamp(0, 1)
+        return x
+
+    def reference_features(self) -> torch.Tensor:
+        """Reference features, from the cache when the extractor and data match."""
+        data = self.reference_samples()
+        if self.cache_dir is None:
+            return self.features(data)
+        ident = getattr(self.feature_extractor, "identity", lambda: {"class": type(self.feature_extractor).__name__})
+        key = hashlib.sha256(json.dumps(ident(), sort_keys=True, default=str).encode())
+        key.update(data.contiguous().numpy().tobytes())
+        path = self.cache_dir / f"reference-{key.hexdigest()[:24]}.safetensors"
+        from safetensors.torch import load_file, save_file
+
+        if path.is_file():
+            return load_file(str(path))["features"]
+        feats = self.features(data)
+        with atomic_path(path) as tmp:
+            save_file({"features": feats.contiguous()}, str(tmp))
+        return feats
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def _kept_count(self, n: int) -> int:
+        if isinstance(self.keep, float) and not isinstance(self.keep, bool):
+            if not 0 < self.keep <= 1:
+                raise EvaluationError(f"keep fraction {self.keep} is outside (0, 1].")
+            k = round(self.keep * n)
+        else:
+            k = int(self.keep)
+        if k > n:
+            raise EvaluationError(f"keep K = {k} exceeds the {n} samples of the run: lower keep or generate more.")
+        if k < 1:
+            raise EvaluationError(f"keep K = {k}: the kept set would be empty.")
+        if k < self.k + 1:
+            raise EvaluationError(
+                f"keep K = {k} is too small for precision/recall with k = {self.k} (need {self.k + 1})."
+            )
+        return k
+
+    def _metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        precision, recall = MF.precision_recall(real, fake, self.k)
+        return {
+            "fid": MF.frechet_distance_features(real, fake).item(),
+            "precision": precision.item(),
+            "recall": recall.item(),
+        }
+
+    def methods(self, columns: dict[str, torch.Tensor], classes: torch.Tensor) -> dict[str, Any]:
+        """Each method's ranking values (lower = keep first), by method name."""
+        names = self.scores or [c for c in columns if c not in ("index", "seed", "class")]
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise EvaluationError(f"Score columns {missing} are not in the run; it has {sorted(columns)}.")
+        ranking = {n: (columns[n], n in HIGHER_IS_BETTER) for n in names}
+        for combo in self.combinations:
+            if all(c in columns for c in combo):
+                ranking[" + ".join(combo)] = (combined_ranks(columns, combo).double(), False)
+        return ranking
+
+    def run(self) -> dict[str, Any]:
+        """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
+        table, samples = self.load_run()
+        n = len(table["index"])
+        kept = self._kept_count(n)
+        fake = self.features(samples)
+        MF.check_features("features of the run's samples", fake)
+        real = self.reference_features()
+        MF.check_pair(real, fake, self.k)
+        columns = {c: v for c, v in table.items()}
+        columns["realism"] = MF.realism_score(real, fake, self.k)
+        columns["rarity"] = MF.rarity_score(real, fake, self.k)
+        classes = table["class"]
+        ranking = self.methods(columns, classes)
+        results: dict[str, Any] = {"all samples": {**self._metrics(real, fake), "kept": n}}
+        for name, (values, higher) in ranking.items():
+            results[name] = {**self._metrics(real, fake[keep_best(values, kept, higher)]), "kept": kept}
+            if self.class_balanced and (classes >= 0).any():
+                idx = class_balanced_keep(values, classes, kept, higher)
+                results[f"{name} (class-balanced)"] = {**self._metrics(real, fake[idx]), "kept": kept}
+        g = torch.Generator().manual_seed(self.seed)
+        randoms = [self._metrics(real, fake[torch.randperm(n, generator=g)[:kept]]) for _ in range(self.random_subsets)]
+        if randoms:
+            results["random"] = {
+                **{m: float(torch.tensor([r[m] for r in randoms]).mean()) for m in randoms[0]},
+                **{f"{m}_std": float(torch.tensor([r[m] for r in randoms]).std()) for m in randoms[0]},
+                "kept": kept,
+                "subsets": len(randoms),
+            }
+        sweep = {
+            name: [
+                {"fraction": f, **self._metrics(real, fake[keep_best(values, max(self.k + 1, round(f * n)), higher)])}
+                for f in self.fractions
+            ]
+            for name, (values, higher) in ranking.items()
+        }
+        score_names = [s for s in ranking if " + " not in s]
+        correlations = {a: {b: spearman(columns[a], columns[b]) for b in score_names} for a in score_names}
+        class_means = {}
+        if (classes >= 0).any():
+            for name in score_names:
+                finite = torch.isfinite(columns[name])
+                class_means[name] = {
+                    int(c): columns[name][(classes == c) & finite].mean().item() for c in classes.unique().tolist()
+                }
+        report = {
+            "run_dir": str(self.run_dir),
+            "samples": n,
+            "kept": kept,
+            "reference": len(real),
+            "k": self.k,
+            "results": results,
+            "sweep": sweep,
+            "spearman": correlations,
+            "class_means": class_means,
+        }
+        self.write(report, samples, columns, ranking)
+        return report
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def write(self, report: dict, samples: torch.Tensor, columns: dict, ranking: dict) -> None:
+        """evaluation.json, evaluation.md and the plots."""
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "evaluation.json", json.dumps(_finite(report), indent=2))
+        write_text_atomic(out / "evaluation.md", markdown_table(report))
+        from genunc_lightning import plots
+
+        plots.metric_sweep(report["sweep"], report["results"].get("random"), out / "metrics_vs_fraction.png")
+        for name, (values, higher) in ranking.items():
+            if " + " in name:
+                continue
+            safe = name.replace("/", "_").replace(" ", "_")
+            plots.extremes(samples, values, higher, out / f"extremes_{safe}.png", title=name)
+        if report["class_means"]:
+            plots.class_means(report["class_means"], out / "class_uncertainty.png")
+        plots.correlations(report["spearman"], out / "spearman.png")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (random: mean ± std)."""
+    lines = [
+        f"Kept {report['kept']} of {report['samples']} samples; reference set of {report['reference']}; "
+        f"k = {report['k']}.",
+        "",
+        "| method | FID ↓ | precision ↑ | recall ↑ |",
+        "|---|---|---|---|",
+    ]
+    for name, r in report["results"].items():
+        if name == "random":
+            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m in ("fid", "precision", "recall")]
+            name = f"random ({r['subsets']} subsets)"
+        else:
+            cells = [f"{r[m]:.4g}" for m in ("fid", "precision", "recall")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,147 @@
+"""`genunc evaluate`: selection maths, an end-to-end run on a predict directory, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from scipy.stats import spearmanr
+
+from genunc_lightning.data import GaussianGrid2D, SeedDataModule
+from genunc_lightning.evaluation import (
+    Evaluation,
+    EvaluationError,
+    class_balanced_keep,
+    combined_ranks,
+    keep_best,
+    spearman,
+)
+from genunc_lightning.uncertainty import GenerativeUncertaintyModule, ScoredSampleWriter
+from tests.test_predict import toy_model
+
+
+def test_keep_best_and_rank_sums():
+    values = torch.tensor([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert keep_best(values, 2).tolist() == [1, 2]
+    assert keep_best(values, 2, higher_is_better=True).tolist() == [3, 4]
+    cols = {"u": values, "realism": torch.tensor([0.0, 0.0, 9.0, 1.0, 2.0])}
+    # u ranks: [2, 0, 1, 4, 3]; realism (higher better) ranks: [3, 4, 0, 2, 1]
+    assert combined_ranks(cols, ["u", "realism"]).tolist() == [5, 4, 1, 6, 4]
+
+
+def test_class_balanced_keep_takes_each_class_share():
+    g = torch.Generator().manual_seed(0)
+    classes = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    values = torch.rand(100, generator=g)
+    kept = class_balanced_keep(values, classes, 45)
+    assert len(kept) == len(set(kept.tolist())) == 45
+    counts = torch.bincount(classes[kept], minlength=3).tolist()
+    # Quotas 22.5, 13.5, 9: floors 22, 13, 9 and the one remaining place to the first tied remainder.
+    assert counts == [23, 13, 9]
+    for c in range(3):  # within a class, the best are kept
+        members = (classes == c).nonzero().flatten()
+        chosen = kept[classes[kept] == c]
+        assert values[chosen].max() <= values[members].sort().values[len(chosen) - 1]
+
+
+def test_spearman_matches_scipy_with_ties():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 5, (60,), generator=g).double()
+    b = a + torch.randn(60, generator=g, dtype=torch.float64)
+    assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    adapter, path = toy_model(root, steps=20)
+    module = GenerativeUncertaintyModule(adapter, str(path), num_members=3)
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ScoredSampleWriter(str(root / "run"))],
+    )
+    trainer.predict(module, datamodule=SeedDataModule(120, 40, seed=0), return_predictions=False)
+    return root / "run"
+
+
+def evaluation(run_dir, **kwargs):
+    defaults = dict(reference=GaussianGrid2D(num_points=300, seed=4), keep=60, random_subsets=3,
+                    fractions=[0.5, 1.0], combinations=[["pixel", "realism"]])  # fmt: skip
+    defaults.update(kwargs)
+    return Evaluation(str(run_dir), **defaults)
+
+
+def test_end_to_end_report(run_dir, tmp_path):
+    report = evaluation(run_dir, output_dir=str(tmp_path / "ev"), cache_dir=str(tmp_path / "cache")).run()
+    results = report["results"]
+    assert set(results) == {"all samples", "pixel", "realism", "rarity", "pixel + realism", "random"}
+    assert results["pixel"]["kept"] == 60 and results["all samples"]["kept"] == 120
+    assert 0 <= results["random"]["precision"] <= 1 and results["random"]["subsets"] == 3
+    on_disk = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert on_disk["results"]["pixel"] == pytest.approx(results["pixel"])
+    table = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "| pixel + realism |" in table and "random (3 subsets)" in table
+    for name in ("metrics_vs_fraction.png", "extremes_pixel.png", "spearman.png"):
+        assert (tmp_path / "ev" / name).stat().st_size > 1000
+    assert set(report["sweep"]["pixel"][0]) == {"fraction", "fid", "precision", "recall"}
+    # Realism keeps the most realistic: its kept set is at least as precise as random on average.
+    assert results["realism"]["precision"] >= results["random"]["precision"] - 3 * results["random"]["precision_std"]
+    # The reference features were cached and are reused.
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    again = evaluation(run_dir, output_dir=str(tmp_path / "ev2"), cache_dir=str(tmp_path / "cache")).run()
+    assert again["results"]["pixel"] == results["pixel"]
+
+
+def test_cli_evaluate(run_dir, tmp_path):
+    cfg = tmp_path / "ev.yaml"
+    cfg.write_text(
+        f"run_dir: {run_dir}\nreference:\n  class_path: genunc_lightning.data.GaussianGrid2D\n"
+        "  init_args: {num_points: 200, seed: 2}\nkeep: 0.5\nrandom_subsets: 2\nfractions: [1.0]\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+    )
+    printed = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "evaluate", "--config", str(cfg),
+                              "--print_config"], capture_output=True, text=True)  # fmt: skip
+    assert printed.returncode == 0 and "random_subsets: 2" in printed.stdout
+    res = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "evaluate", "--config", str(cfg)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| pixel |" in res.stdout and (tmp_path / "out" / "evaluation.json").is_file()
+
+
+class NaNAt3(torch.nn.Module):
+    def forward(self, x):
+        x = x.flatten(1).clone()
+        x[3] = float("nan")
+        return x
+
+
+def test_bad_inputs(run_dir, tmp_path):
+    with pytest.raises(EvaluationError, match="exceeds the 120 samples"):
+        evaluation(run_dir, keep=500).run()
+    with pytest.raises(EvaluationError, match="empty"):
+        evaluation(run_dir, keep=0).run()
+    with pytest.raises(ValueError, match=r"NaN or inf values \(rows \[3\]\)"):
+        evaluation(run_dir, feature_extractor=NaNAt3()).run()
+    with pytest.raises(ValueError, match="Feature dimensions differ"):
+        evaluation(run_dir, reference=torch.utils.data.TensorDataset(torch.randn(50, 3))).run()
+    with pytest.raises(ValueError, match="k = 3 needs at least 4"):
+        evaluation(run_dir, reference=GaussianGrid2D(num_points=3)).run()
+    with pytest.raises(EvaluationError, match="Score columns"):
+        evaluation(run_dir, scores=["semantic"]).run()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ("manifest.json", "scores.csv"):
+        (broken / f).write_bytes((run_dir / f).read_bytes())
+    shards = sorted((run_dir / "shards").iterdir())
+    (broken / "shards").mkdir()
+    for s in shards[1:]:
+        (broken / "shards" / s.name).write_bytes(s.read_bytes())
+    lines = (broken / "scores.csv").read_text().splitlines()
+    (broken / "scores.csv").write_text("\n".join(lines[:1] + lines[41:]) + "\n")
+    with pytest.raises(EvaluationError, match=r"missing 40 of 120 indices \(first: \[0, 1, 2"):
+        evaluation(broken).run()
