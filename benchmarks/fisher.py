@@ -1,10 +1,11 @@
 """Cost of the Fisher pass against a no-grad forward, a training step and whole-model torch.func.
 
-Prints, at the same batch: a no-grad forward of the denoiser, our Fisher pass
+Prints, at the same batch: a no-grad forward of the denoiser; our Fisher pass
 (``genunc_lightning.laplace.fisher_batch``: backbone without a graph, per-example gradients of the
-last layer only), one full training step (forward, backward, AdamW), and per-example gradients of
-the whole model with torch.func (vmap of grad over functional_call, the public reference code's
-approach). Targets (issue 2): ours <= 1.2x the no-grad forward and >= 2x faster than torch.func.
+last layer only), with the default unfold path for Conv2d and with the generic vmap path; one full
+training step (forward, backward, AdamW); and per-example gradients of the whole model with
+torch.func (vmap of grad over functional_call, the public reference code's approach).
+Targets (issue 2): ours <= 1.2x the no-grad forward and >= 2x faster than torch.func.
 
 Usage: python benchmarks/fisher.py [--device cuda] [--sizes small adm128] [--batch N] [--json out.json]
 """
@@ -49,6 +50,9 @@ def bench(size: str, device: torch.device, batch: int | None, repeats: int) -> d
     def ours() -> None:
         fisher_batch(adapter, x0, [seeds])
 
+    def ours_vmap() -> None:
+        fisher_batch(adapter, x0, [seeds], per_example_method="vmap")
+
     def train_step() -> None:
         opt.zero_grad(set_to_none=True)
         adapter.loss(x0, seeds).mean().backward()
@@ -71,7 +75,13 @@ def bench(size: str, device: torch.device, batch: int | None, repeats: int) -> d
         "params": sum(p.numel() for p in model.parameters()),
         "last_layer_params": sum(p.numel() for p in model.out[2].parameters()),
     }
-    for name, fn in [("forward_no_grad", forward), ("ours_fisher", ours), ("train_step", train_step)]:
+    steps = [
+        ("forward_no_grad", forward),
+        ("ours_fisher", ours),
+        ("ours_fisher_vmap", ours_vmap),
+        ("train_step", train_step),
+    ]
+    for name, fn in steps:
         row[name] = median_seconds(fn, device, repeats)
     try:
         row["torch_func_full"] = median_seconds(torch_func, device, max(3, repeats // 2), warmup=1)
@@ -94,13 +104,16 @@ def main() -> None:
     device = torch.device(args.device)
     sizes = args.sizes or (["small", "adm128"] if device.type == "cuda" else ["small"])
     rows = [bench(s, device, args.batch, args.repeats) for s in sizes]
-    header = f"{'model':8} {'batch':>5} {'params':>11} {'fwd no-grad':>12} {'ours':>9} {'train step':>11} "
+    header = (
+        f"{'model':8} {'batch':>5} {'params':>11} {'fwd no-grad':>12} {'ours':>9} {'ours vmap':>10} {'train step':>11} "
+    )
     header += f"{'torch.func':>11} {'ours/fwd':>9} {'func/ours':>10}"
     print(f"Fisher pass benchmark on {rows[0]['device']} (median seconds per batch)")
     print(header)
     for r in rows:
         print(
             f"{r['size']:8} {r['batch']:>5} {r['params']:>11,} {r['forward_no_grad']:>12.4f} {r['ours_fisher']:>9.4f} "
+            f"{r['ours_fisher_vmap']:>10.4f} "
             f"{r['train_step']:>11.4f} {r['torch_func_full']:>11.4f} {r['ours_over_forward']:>9.2f} "
             f"{r['torch_func_over_ours']:>10.2f}"
         )

@@ -60,6 +60,20 @@ def test_conv_last_layers_match_brute_force(case):
     assert_fisher_close(adapter, batch)
 
 
+@pytest.mark.parametrize("case", sorted(c for c in CONV_CASES if c.startswith("conv2d")))
+def test_conv2d_unfold_and_vmap_paths_agree(case):
+    from genunc_lightning.laplace.fisher import per_example_gradients
+
+    _, shape, make = CONV_CASES[case]
+    layer = make().double()
+    x = torch.randn(4, layer.in_channels, *shape[1:], dtype=torch.float64)
+    g = torch.randn_like(layer(x))
+    a = per_example_gradients(layer, x, g, "vmap")
+    b = per_example_gradients(layer, x, g, "unfold")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-12)
+
+
 def test_per_token_linear_matches_brute_force():
     adapter = GaussianDiffusionAdapter(TokenDenoiser().double(), "decoder_pred", (4, 6), prediction="v")
     assert_fisher_close(adapter, torch.randn(6, 4, 6, dtype=torch.float64))

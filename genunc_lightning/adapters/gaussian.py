@@ -118,6 +118,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             "alphas_cumprod", alphas_cumprod(schedule, self.num_train_steps, beta_start, beta_end), persistent=False
         )
         sampling_timesteps(self.num_train_steps, self.steps)
+        self._schedule = self.alphas_cumprod.tolist()  # the sampler's scalars, free of device syncs
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
@@ -125,7 +126,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         return out[:, : self.output_channels] if self.output_channels is not None else out
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.alphas_cumprod[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        # The schedule follows the data's device, also when the adapter itself was not moved.
+        a = self.alphas_cumprod.to(t.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
         return a.sqrt(), (1 - a).sqrt()
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
@@ -155,8 +157,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         return x0, eps
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
-        device = self.alphas_cumprod.device
-        dtype = next(self.denoiser.parameters()).dtype
+        param = next(self.denoiser.parameters())
+        device, dtype = param.device, param.dtype
         gens = seeding.generators(seeds, device)
         x = seeding.randn(gens, self.sample_shape, device, dtype)
         y = classes.to(device) if classes is not None else None
@@ -179,9 +181,9 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         x0, eps = self.denoised(x, tt, y)
         if t_prev < 0:
             return x0
-        a, a_prev = self.alphas_cumprod[t], self.alphas_cumprod[t_prev]
-        sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-        x_prev = a_prev.sqrt().item() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt().item() * eps
+        a, a_prev = self._schedule[t], self._schedule[t_prev]
+        sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+        x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x_prev = x_prev + sigma.item() * seeding.randn(gens, x.shape[1:], x.device, x.dtype)
+            x_prev = x_prev + sigma * seeding.randn(gens, x.shape[1:], x.device, x.dtype)
         return x_prev

@@ -71,8 +71,11 @@ def capture_last_layer(model: nn.Module, layer: nn.Module) -> Iterator[list[tupl
             p.requires_grad_(flag)
 
 
+UNFOLD_BYTES = 1 << 30  # memory budget of one unfolded chunk in the Conv2d path
+
+
 def per_example_gradients(
-    layer: nn.Module, inputs: torch.Tensor, output_grads: torch.Tensor
+    layer: nn.Module, inputs: torch.Tensor, output_grads: torch.Tensor, method: str = "auto"
 ) -> dict[str, torch.Tensor]:
     """Per-example gradients of the layer's parameters from its input and its output's gradient.
 
@@ -80,10 +83,15 @@ def per_example_gradients(
         layer: a supported last layer.
         inputs: the layer's input for a batch, [B, ...].
         output_grads: gradient of the summed per-example losses w.r.t. the layer's output.
+        method: ``vmap`` (a vectorised VJP of the layer, any supported type), ``unfold`` (Conv2d
+            only: im2col and one batched matrix product, in chunks of at most ``UNFOLD_BYTES``), or
+            ``auto`` (``unfold`` for Conv2d, else ``vmap``).
 
     Returns:
         Per parameter name, a tensor [B, *parameter.shape].
     """
+    if method == "unfold" or (method == "auto" and isinstance(layer, nn.Conv2d)):
+        return _conv2d_unfold_gradients(layer, inputs, output_grads)
     params = {n: p.detach() for n, p in layer_parameters(layer).items()}
 
     def one(x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,13 +101,39 @@ def per_example_gradients(
     return torch.func.vmap(one)(inputs, output_grads)
 
 
-def fisher_batch(adapter: DiffusionAdapter, batch: Any, seeds: Sequence[torch.Tensor]) -> FisherBatch:
+def _conv2d_unfold_gradients(layer: nn.Conv2d, inputs: torch.Tensor, output_grads: torch.Tensor) -> dict:
+    if not isinstance(layer, nn.Conv2d) or layer.padding_mode != "zeros":
+        raise ValueError("The unfold path supports nn.Conv2d with zero padding only; use method='vmap'.")
+    b, groups = inputs.shape[0], layer.groups
+    k = layer.kernel_size[0] * layer.kernel_size[1]
+    per_example = inputs[0].numel() // layer.in_channels * layer.in_channels * k * inputs.element_size()
+    step = max(1, UNFOLD_BYTES // max(1, per_example))
+    weights = []
+    for start in range(0, b, step):
+        cols = torch.nn.functional.unfold(
+            inputs[start : start + step], layer.kernel_size, layer.dilation, layer.padding, layer.stride
+        )  # [b, C_in·k, L]
+        grads = output_grads[start : start + step].flatten(2)  # [b, C_out, L]
+        n = cols.shape[0]
+        cols = cols.view(n, groups, -1, cols.shape[-1])
+        grads = grads.view(n, groups, -1, grads.shape[-1])
+        weights.append(torch.einsum("bgol,bgil->bgoi", grads, cols).reshape(n, *layer.weight.shape))
+    out = {"weight": torch.cat(weights)}
+    if layer.bias is not None:
+        out["bias"] = output_grads.flatten(2).sum(-1)
+    return out
+
+
+def fisher_batch(
+    adapter: DiffusionAdapter, batch: Any, seeds: Sequence[torch.Tensor], per_example_method: str = "auto"
+) -> FisherBatch:
     """Diagonal empirical Fisher contribution of one batch, averaged over (t, ε) draws.
 
     Args:
         adapter: the model.
         batch: a training batch in the adapter's format.
         seeds: one LongTensor of per-example seeds per draw (``len(seeds)`` draws).
+        per_example_method: see ``per_example_gradients``.
 
     Returns:
         The batch's ``FisherBatch``. With K draws, each example contributes (1/K) Σ_k g_k², so the
@@ -134,7 +168,7 @@ def fisher_batch(adapter: DiffusionAdapter, batch: Any, seeds: Sequence[torch.Te
         for (inputs, _), g in zip(calls, grads, strict=True):
             if g is None:
                 continue
-            for n, v in per_example_gradients(layer, inputs, g).items():
+            for n, v in per_example_gradients(layer, inputs, g, per_example_method).items():
                 per_example[n] = per_example[n] + v if n in per_example else v
         contribution = {n: per_example[n].double().pow(2).sum(0) / len(seeds) for n in names}
         diag = contribution if diag is None else {n: diag[n] + contribution[n] for n in names}
