@@ -27,3 +27,5 @@ format:
 
 bench:
 	$(PYTHON) benchmarks/fisher.py
+	$(PYTHON) benchmarks/sampling.py
+	$(PYTHON) benchmarks/metrics.py --sizes 10000

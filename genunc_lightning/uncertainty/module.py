@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.data.predict import collate_check
 from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
+from genunc_lightning.uncertainty.baselines import BaselineScore, DeepEnsemble
 from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood
 
 
@@ -25,15 +26,20 @@ class GenerativeUncertaintyModule(LightningModule):
     likelihood scores the K = M + 1 members (the kept sample included; ``include_pretrained=False``
     uses the M drawn members only, which needs M ≥ 2).
 
+    ``posterior`` may also be a ``DeepEnsemble``: then each member is a whole denoiser run from the
+    same seeds, and M is the number of its checkpoints. ``baselines`` (BayesDiff, AU) add their own
+    score columns for the same seeds.
+
     ``predict_step`` returns the prediction dict every writer and evaluator reads: ``index``,
     ``seed``, ``class``, ``scores`` (name -> float64 [B]), ``sample`` (decoded kept samples) and,
     with ``save_variance_maps``, ``variance_maps`` (per-pixel variance over members).
 
     Args:
         adapter: the pretrained model.
-        posterior: a ``DiagonalLaplacePosterior`` or the path of its file.
+        posterior: a ``DiagonalLaplacePosterior``, the path of its file, or a ``DeepEnsemble``.
         likelihoods: the scores to compute (default: pixel-space only).
-        num_members: M.
+        num_members: M, the weight sets drawn from a Laplace posterior (default 5; an ensemble's M is
+            its number of checkpoints).
         steps: T, the kept sample's sampler steps (the adapter's default when ``None``).
         member_steps: T', the members' steps (T when ``None``); must not exceed T.
         posterior_seed: seed of the M weight draws.
@@ -44,14 +50,15 @@ class GenerativeUncertaintyModule(LightningModule):
         checkpoint: weights to load into the adapter first.
         temperature: overrides the posterior's temperature (0 gives zero variance).
         save_variance_maps: return per-pixel variance maps of the pixel likelihood.
+        baselines: extra scores for the same samples (``BayesDiff``, ``AleatoricUncertainty``).
     """
 
     def __init__(
         self,
         adapter: DiffusionAdapter,
-        posterior: str | DiagonalLaplacePosterior,
+        posterior: str | DiagonalLaplacePosterior | DeepEnsemble,
         likelihoods: list[Likelihood] | None = None,
-        num_members: int = 5,
+        num_members: int | None = None,
         steps: int | None = None,
         member_steps: int | None = None,
         posterior_seed: int = 0,
@@ -60,8 +67,13 @@ class GenerativeUncertaintyModule(LightningModule):
         checkpoint: str | None = None,
         temperature: float | None = None,
         save_variance_maps: bool = False,
+        baselines: list[BaselineScore] | None = None,
     ) -> None:
         super().__init__()
+        ensemble = isinstance(posterior, DeepEnsemble)
+        if ensemble and num_members is not None and num_members != posterior.num_members:
+            raise ValueError(f"num_members={num_members}, but the ensemble has {posterior.num_members} checkpoints.")
+        num_members = posterior.num_members if ensemble else (5 if num_members is None else num_members)
         if num_members < 1:
             raise ValueError(f"num_members (M) must be at least 1, got {num_members}.")
         if not include_pretrained and num_members < 2:
@@ -81,6 +93,8 @@ class GenerativeUncertaintyModule(LightningModule):
         if isinstance(posterior, (str, Path)):
             posterior = DiagonalLaplacePosterior.load(posterior)
         if temperature is not None:
+            if ensemble:
+                raise ValueError("temperature applies to a Laplace posterior, not to a deep ensemble.")
             posterior = posterior.with_scale(temperature=temperature)
         self.posterior = posterior
         likelihoods = likelihoods if likelihoods is not None else [PixelLikelihood()]
@@ -95,17 +109,30 @@ class GenerativeUncertaintyModule(LightningModule):
             raise ValueError(f"member_chunk must be at least 1, got {member_chunk}.")
         self.member_chunk = member_chunk
         self.save_variance_maps = save_variance_maps
-        drawn = posterior.sample(num_members, torch.Generator().manual_seed(posterior_seed))
-        pretrained = posterior.check_compatible(adapter.denoiser).named_parameters(recurse=False)
-        # Row 0 is the pretrained layer itself (the kept sample), rows 1..M the drawn weight sets.
-        self.member_weights = {n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained}
+        self.baselines = torch.nn.ModuleList(baselines or [])
+        columns = names + [b.name for b in self.baselines]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"Score names must be distinct; got {columns}.")
+        for baseline in self.baselines:
+            baseline.check(adapter, posterior, self.steps)
+        self.ensemble = torch.nn.ModuleList(posterior.load(adapter) if ensemble else [])
+        self.member_weights: dict[str, torch.Tensor] = {}
+        if not ensemble:
+            drawn = posterior.sample(num_members, torch.Generator().manual_seed(posterior_seed))
+            pretrained = posterior.check_compatible(adapter.denoiser).named_parameters(recurse=False)
+            # Row 0 is the pretrained layer itself (the kept sample), rows 1..M the drawn weight sets.
+            self.member_weights = {n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained}
 
     def identity(self) -> dict[str, Any]:
         """What must match for two runs to share results (checked by ``ScoredSampleWriter``)."""
         return {
             "adapter": self.adapter.identity(),
-            "posterior_fingerprint": self.posterior.fingerprint,
-            "posterior": {k: str(v) for k, v in self.posterior.metadata().items() if k not in ("package_version",)},
+            "posterior": (
+                self.posterior.identity()
+                if isinstance(self.posterior, DeepEnsemble)
+                else {k: str(v) for k, v in self.posterior.metadata().items() if k != "package_version"}
+            ),
+            "baselines": [b.identity() for b in self.baselines],
             "num_members": self.num_members,
             "steps": self.steps,
             "member_steps": self.member_steps,
@@ -145,9 +172,21 @@ class GenerativeUncertaintyModule(LightningModule):
 
         The kept sample is member 0, sampled with the pretrained weights through the same batched
         path as the drawn members, so a zero-variance posterior gives exactly zero variance. With
-        T' = T, kept and members share the batched forwards.
+        T' = T, kept and members share the batched forwards. For a deep ensemble, each member
+        denoiser runs the same sampler in turn.
         """
-        if self.member_steps == self.steps:
+        if self.ensemble:
+            kept = self.adapter.sample(seeds, classes, steps=self.steps)
+            own = self.adapter.denoiser
+            members = []
+            try:
+                for member in self.ensemble:
+                    self.adapter.denoiser = member
+                    members.append(self.adapter.sample(seeds, classes, steps=self.member_steps))
+            finally:
+                self.adapter.denoiser = own
+            members = torch.stack(members)
+        elif self.member_steps == self.steps:
             both = self.generate(seeds, classes, self.steps, self.member_weights)
             kept, members = both[0], both[1:]
         else:
@@ -162,11 +201,14 @@ class GenerativeUncertaintyModule(LightningModule):
         kept, members = self.generate_scored(seeds, cond)
         k, b = members.shape[:2]
         decoded = self.adapter.decode(members.flatten(0, 1)).view(k, b, *members.shape[2:])
+        scores = {lik.name: lik.score(decoded) for lik in self.likelihoods}
+        for baseline in self.baselines:
+            scores[baseline.name] = baseline.score(self.adapter, self.posterior, seeds, cond, self.steps)
         out: dict[str, Any] = {
             "index": index,
             "seed": seeds,
             "class": classes,
-            "scores": {lik.name: lik.score(decoded) for lik in self.likelihoods},
+            "scores": scores,
             "sample": self.adapter.decode(kept),
         }
         if self.save_variance_maps:
