@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --disable-pip-version-check -q -c constraints.txt
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install demo test lint format bench
+.PHONY: install demo test lint format bench assets
 
 install:
 	$(PIP_INSTALL) torch==2.14.1 torchvision==0.29.1
@@ -29,3 +29,13 @@ bench:
 	$(PYTHON) benchmarks/fisher.py
 	$(PYTHON) benchmarks/sampling.py
 	$(PYTHON) benchmarks/metrics.py --sizes 10000
+
+# Re-create the checkpoints shipped in genunc_lightning/assets (not needed for demo or test).
+GENUNC = $(PYTHON) -m genunc_lightning.cli
+assets: install
+	$(GENUNC) fit --config configs/digits/model.yaml --config configs/digits/fit.yaml
+	$(GENUNC) fit --config configs/digits/classifier_scorer.yaml
+	$(GENUNC) fit --config configs/digits/classifier_evaluator.yaml
+	for i in 0 1 2 3 4; do $(GENUNC) fit --config configs/toy/model.yaml --config configs/toy/fit.yaml \
+	  --seed_everything $$i --trainer.callbacks.filename member$$i; done
+	$(PYTHON) -m genunc_lightning.assets

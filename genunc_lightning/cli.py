@@ -17,15 +17,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genunc_lightning.data import DiffusionDataModule
 from genunc_lightning.data.predict import SeedDataModule
 from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule
-from genunc_lightning.models import DiffusionTrainingModule
 from genunc_lightning.uncertainty import GenerativeUncertaintyModule, ScoredSampleWriter
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _FitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Any LightningModule trains; a config that names none trains a diffusion model.
+        parser.set_defaults({"model": {"class_path": "genunc_lightning.models.DiffusionTrainingModule"}})
 
 
 class _FitLaplaceCLI(LightningCLI):
@@ -39,10 +45,15 @@ class _PredictCLI(LightningCLI):
 
 
 def run_fit(args: Sequence[str]) -> LightningCLI:
-    """`genunc fit`: trains a denoiser with ``DiffusionTrainingModule`` (plain LightningCLI fit)."""
-    return LightningCLI(
-        DiffusionTrainingModule,
+    """`genunc fit`: plain LightningCLI fit; the model defaults to ``DiffusionTrainingModule``.
+
+    Any LightningModule can be named with ``model.class_path`` (the demo's classifiers use
+    ``ClassifierTrainingModule``).
+    """
+    return _FitCLI(
+        LightningModule,
         DiffusionDataModule,
+        subclass_mode_model=True,
         args=["fit", *args],
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"fit": {"prog": "genunc fit"}},

@@ -342,6 +342,19 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def result_rows(results: dict[str, dict]) -> list[str]:
+    """Markdown rows ``| method | FID | precision | recall |`` (random: mean ± std)."""
+    rows = []
+    for name, r in results.items():
+        if name == "random":
+            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m in ("fid", "precision", "recall")]
+            name = f"random ({r['subsets']} subsets)"
+        else:
+            cells = [f"{r[m]:.4g}" for m in ("fid", "precision", "recall")]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown_table(report: dict) -> str:
     """The results as a Markdown table (random: mean ± std)."""
     lines = [
@@ -351,11 +364,4 @@ def markdown_table(report: dict) -> str:
         "| method | FID ↓ | precision ↑ | recall ↑ |",
         "|---|---|---|---|",
     ]
-    for name, r in report["results"].items():
-        if name == "random":
-            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m in ("fid", "precision", "recall")]
-            name = f"random ({r['subsets']} subsets)"
-        else:
-            cells = [f"{r[m]:.4g}" for m in ("fid", "precision", "recall")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + result_rows(report["results"])) + "\n"

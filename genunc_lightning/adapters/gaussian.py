@@ -163,9 +163,11 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         x = seeding.randn(gens, self.sample_shape, device, dtype)
         y = classes.to(device) if classes is not None else None
         timesteps = sampling_timesteps(self.num_train_steps, steps or self.steps).tolist()
+        # A sample's noise for every step, drawn at once from its generator after its initial noise.
+        noise = seeding.randn(gens, (len(timesteps), *self.sample_shape), device, dtype) if self.eta > 0 else None
         for i, t in enumerate(timesteps):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            x = self.ddim_step(x, t, t_prev, y, gens)
+            x = self.ddim_step(x, t, t_prev, y, noise[:, i] if noise is not None else None)
         return x
 
     def ddim_step(
@@ -174,9 +176,12 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         t: int,
         t_prev: int,
         y: torch.Tensor | None,
-        gens: Sequence[torch.Generator],
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One DDIM step from timestep ``t`` to ``t_prev`` (−1: the clean sample), noise scale η."""
+        """One DDIM step from timestep ``t`` to ``t_prev`` (−1: the clean sample), noise scale η.
+
+        ``noise`` (standard normal, shaped like ``x``) is needed when η > 0.
+        """
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         x0, eps = self.denoised(x, tt, y)
         if t_prev < 0:
@@ -185,5 +190,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x_prev = x_prev + sigma * seeding.randn(gens, x.shape[1:], x.device, x.dtype)
+            if noise is None:
+                raise ValueError("A stochastic DDIM step (eta > 0) needs noise.")
+            x_prev = x_prev + sigma * noise
         return x_prev

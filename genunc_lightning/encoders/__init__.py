@@ -256,7 +256,52 @@ class InceptionEncoder(FeatureExtractor):
         return self.model(x)[0]
 
 
+class DigitsFeatureEncoder(FeatureExtractor):
+    """Penultimate features of a shipped (or given) digits classifier, for images in [0, 1].
+
+    Args:
+        architecture: ``cnn`` (``DigitsCNN``, the scorer of the demo) or ``mlp`` (``DigitsMLP``, the
+            evaluator).
+        weights_path: a safetensors or state-dict file; ``None`` uses the package's shipped weights
+            (``digits_scorer_cnn.safetensors`` or ``digits_evaluator_mlp.safetensors``).
+    """
+
+    def __init__(self, architecture: str = "cnn", weights_path: str | None = None) -> None:
+        super().__init__()
+        from genunc_lightning.assets import asset_path
+        from genunc_lightning.models.classifier import DigitsCNN, DigitsMLP
+
+        nets = {
+            "cnn": (DigitsCNN, "digits_scorer_cnn.safetensors"),
+            "mlp": (DigitsMLP, "digits_evaluator_mlp.safetensors"),
+        }
+        if architecture not in nets:
+            raise ValueError(f"architecture must be one of {sorted(nets)}, got {architecture!r}.")
+        cls, shipped = nets[architecture]
+        path = _require_file(
+            weights_path if weights_path is not None else asset_path(shipped),
+            f"the digits {architecture} classifier",
+            "Pass weights_path=, or re-create the shipped file with `make assets`.",
+        )
+        self.net = cls()
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state)
+        self.net.eval().requires_grad_(False)
+        self.architecture = architecture
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [N, D] of [N, 1, 8, 8] images in [0, 1]."""
+        return self.net.features(images)
+
+
 __all__ = [
+    "DigitsFeatureEncoder",
     "CLIP_MEAN",
     "CLIP_STD",
     "FeatureExtractor",

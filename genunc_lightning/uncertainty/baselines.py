@@ -60,6 +60,13 @@ def _require_ddim(adapter: DiffusionAdapter, name: str) -> GaussianDiffusionAdap
     return adapter
 
 
+def _initial_noise(adapter: DiffusionAdapter, seeds: torch.Tensor) -> tuple[torch.Tensor, list, torch.Tensor]:
+    """(a parameter for device and dtype, the per-sample generators, x_T): the kept sample's start."""
+    param = next(adapter.denoiser.parameters())
+    gens = seeding.generators(seeds, param.device)
+    return param, gens, seeding.randn(gens, adapter.sample_shape, param.device, param.dtype)
+
+
 class BayesDiff(BaselineScore):
     """BayesDiff (Kou et al., ICLR 2024): pixel variance propagated through DDIM.
 
@@ -116,9 +123,7 @@ class BayesDiff(BaselineScore):
     def score(self, adapter, posterior, seeds, classes, steps):  # noqa: ANN001, ANN201
         """Summed final pixel variance per sample (float64)."""
         ad = _require_ddim(adapter, "BayesDiff")
-        param = next(ad.denoiser.parameters())
-        gens = seeding.generators(seeds, param.device)
-        mean = seeding.randn(gens, ad.sample_shape, param.device, param.dtype)
+        param, _, mean = _initial_noise(ad, seeds)
         var = torch.zeros_like(mean, dtype=torch.float64)
         b = mean.shape[0]
         draws = posterior.sample(self.posterior_samples, torch.Generator().manual_seed(self.seed))
@@ -193,9 +198,7 @@ class AleatoricUncertainty(BaselineScore):
     def score(self, adapter, posterior, seeds, classes, steps):  # noqa: ANN001, ANN201
         """Mean over uncertainty steps of the summed per-pixel ε variance (float64)."""
         ad = _require_ddim(adapter, "AU")
-        param = next(ad.denoiser.parameters())
-        gens = seeding.generators(seeds, param.device)
-        x = seeding.randn(gens, ad.sample_shape, param.device, param.dtype)
+        param, _, x = _initial_noise(ad, seeds)
         renoise = seeding.generators([seeding.derive_seed(int(s), 11) for s in seeds.tolist()], param.device)
         b = x.shape[0]
         timesteps = sampling_timesteps(ad.num_train_steps, steps).tolist()
@@ -212,7 +215,7 @@ class AleatoricUncertainty(BaselineScore):
                 eps = ad.denoised(xs.flatten(0, 1), tt.repeat(self.members), rep)[1].view_as(xs).double()
                 totals += (eps - eps.mean(0)).pow(2).mean(0).flatten(1).sum(1)
                 count += 1
-            x = ad.ddim_step(x, t, t_prev, classes, gens)
+            x = ad.ddim_step(x, t, t_prev, classes)
         return totals / count
 
 

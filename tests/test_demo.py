@@ -1,0 +1,36 @@
+"""`genunc demo`: the report's structure on a quick run."""
+
+import json
+
+import pytest
+
+from genunc_lightning.demo import main
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    report = main(["--quick", "--output", str(out)])
+    return out, report
+
+
+def test_report_json_holds_every_section_of_report_md(quick_report):
+    out, report = quick_report
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["sizes"] == report["sizes"]
+    toy = on_disk["toy"]["methods"]
+    assert set(toy) == {"ensemble (5 members)", "laplace (auto)", "laplace (paper: sigma = lambda = 1)"}
+    for rates in toy.values():
+        assert set(rates["before"]) == set(rates["after"]) == {"3std", "4std", "5std"}
+    digits = on_disk["digits"]
+    expected = {"all samples", "semantic", "pixel", "bayesdiff", "au", "realism", "rarity", "semantic + realism",
+                "random"}  # fmt: skip
+    assert expected <= set(digits["main"])
+    assert any(k.endswith("(class-balanced)") for k in digits["main"])
+    assert set(digits["cost_sweep"]) == {"M=5, T'=T", "M=1, T'=T", "M=1, T'=T/5", "M=5, T'=T/5"}
+    assert len(digits["scale_sweep"]) == 6 and "paper: sigma = lambda = 1" in digits["scale_sweep"]
+    text = (out / "report.md").read_text()
+    for name in list(toy) + list(digits["cost_sweep"]) + list(digits["scale_sweep"]):
+        assert name in text
+    for figure in ("toy_figure2.png", "digits/main/evaluation/metrics_vs_fraction.png"):
+        assert (out / figure).is_file()
