@@ -29,7 +29,9 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
     assert any(k.endswith("(class-balanced)") for k in digits["main"])
     assert set(digits["cost_sweep"]) == {"M=5, T'=T", "M=1, T'=T", "M=1, T'=T/5", "M=5, T'=T/5"}
     assert len(digits["scale_sweep"]) == 6 and "paper: sigma = lambda = 1" in digits["scale_sweep"]
+    assert len(on_disk["claims"]) == 4 and all(set(c) == {"claim", "measured", "holds"} for c in on_disk["claims"])
     text = (out / "report.md").read_text()
+    assert "## Claims checked" in text
     for name in list(toy) + list(digits["cost_sweep"]) + list(digits["scale_sweep"]):
         assert name in text
     for figure in ("toy_figure2.png", "digits/main/evaluation/metrics_vs_fraction.png"):
