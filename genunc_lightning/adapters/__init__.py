@@ -10,11 +10,13 @@ from genunc_lightning.adapters.base import (
     unpack_batch,
     use_last_layer_weights,
 )
+from genunc_lightning.adapters.diffusers import DiffusersAdapter
 from genunc_lightning.adapters.flow import FlowMatchingAdapter
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, alphas_cumprod
 
 __all__ = [
     "SUPPORTED_LAST_LAYER_TYPES",
+    "DiffusersAdapter",
     "DiffusionAdapter",
     "FlowMatchingAdapter",
     "GaussianDiffusionAdapter",

@@ -250,6 +250,27 @@ class DiffusionAdapter(nn.Module):
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def check_last_layer_reached(self) -> None:
+        """Runs the sampler for one step on one sample; raises unless the last layer was called.
+
+        Raises:
+            LastLayerError: the forward pass never reaches ``last_layer`` (then neither the Fisher nor
+                the posterior's weights would ever touch the samples).
+        """
+        calls = []
+        handle = self.last_layer_module.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            classes = torch.zeros(1, dtype=torch.long) if self.num_classes is not None else None
+            self.sample(torch.zeros(1, dtype=torch.long), classes, steps=1)
+        finally:
+            handle.remove()
+        if not calls:
+            raise LastLayerError(
+                f"The forward pass of {type(self.denoiser).__name__} never reaches {self.last_layer!r}: name the layer "
+                "that produces the prediction (for diffusers UNets conv_out, for DiT proj_out_2)."
+            )
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Maps samples to what people look at: images in [0, 1] for image models."""
         if self.image_range is None:

@@ -45,6 +45,7 @@ class LaplaceFitModule(LightningModule):
         self.adapter = adapter
         if checkpoint is not None:
             adapter.load_weights(checkpoint)
+        adapter.check_last_layer_reached()
         self.draws_per_example = draws_per_example
         self.seed = seed
 

@@ -81,6 +81,7 @@ class GenerativeUncertaintyModule(LightningModule):
         self.adapter = adapter
         if checkpoint is not None:
             adapter.load_weights(checkpoint)
+        adapter.check_last_layer_reached()
         self.steps = int(steps or getattr(adapter, "steps", 0) or 0)
         if self.steps < 1:
             raise ValueError("steps (T) must be given for an adapter without a default number of steps.")
