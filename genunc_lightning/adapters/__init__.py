@@ -13,6 +13,7 @@ from genunc_lightning.adapters.base import (
 from genunc_lightning.adapters.diffusers import DiffusersAdapter
 from genunc_lightning.adapters.flow import FlowMatchingAdapter
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, alphas_cumprod
+from genunc_lightning.adapters.ldm import LatentDiffusionAdapter
 
 __all__ = [
     "SUPPORTED_LAST_LAYER_TYPES",
@@ -21,6 +22,7 @@ __all__ = [
     "FlowMatchingAdapter",
     "GaussianDiffusionAdapter",
     "LastLayerError",
+    "LatentDiffusionAdapter",
     "alphas_cumprod",
     "apply_layer",
     "layer_parameters",

@@ -180,8 +180,11 @@ class DiffusionAdapter(nn.Module):
         last_layer: dotted name of that layer inside ``denoiser``.
         sample_shape: shape of one sample, without the batch dimension.
         num_classes: number of classes for class-conditional models, ``None`` for unconditional.
-        image_range: for pixel-space image models, the (low, high) range of the data; ``decode``
-            maps it to [0, 1]. ``None`` for data that is not an image (``decode`` is the identity).
+        image_range: for image models, the (low, high) range of the pixels; ``decode`` maps it to
+            [0, 1]. ``None`` for data that is not an image (``decode`` is the identity).
+        vae: for latent models, an autoencoder with ``encode(x).latent_dist`` and ``decode(z).sample``
+            (diffusers' AutoencoderKL) and ``config.scaling_factor``: training images are encoded to
+            latent means × the scaling factor, samples decoded before any feature extractor.
     """
 
     def __init__(
@@ -191,9 +194,11 @@ class DiffusionAdapter(nn.Module):
         sample_shape: Sequence[int],
         num_classes: int | None = None,
         image_range: tuple[float, float] | None = None,
+        vae: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self.vae = vae
         self.last_layer = last_layer
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = num_classes
@@ -271,8 +276,18 @@ class DiffusionAdapter(nn.Module):
                 "that produces the prediction (for diffusers UNets conv_out, for DiT proj_out_2)."
             )
 
+    @torch.no_grad()
+    def encode(self, data: torch.Tensor) -> torch.Tensor:
+        """Training data to the model's space: latent means × scaling factor with a VAE, else itself."""
+        if self.vae is None:
+            return data
+        return self.vae.encode(data).latent_dist.mean * self.vae.config.scaling_factor
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps samples to what people look at: images in [0, 1] for image models."""
+        """Maps samples to what people look at: images in [0, 1] for image models (VAE-decoded latents)."""
+        if self.vae is not None:
+            with torch.no_grad():
+                x = self.vae.decode(x / self.vae.config.scaling_factor).sample
         if self.image_range is None:
             return x
         low, high = self.image_range

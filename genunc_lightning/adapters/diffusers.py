@@ -75,7 +75,7 @@ class DiffusersAdapter(DiffusionAdapter):
             if kind not in DEFAULT_LAST_LAYER:
                 raise ValueError(f"Name the last layer of a {kind}: defaults exist for {sorted(DEFAULT_LAST_LAYER)}.")
             last_layer = DEFAULT_LAST_LAYER[kind]
-        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range)
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
         if type(scheduler).__name__ not in SUPPORTED_SCHEDULERS:
             raise ValueError(
                 f"{type(scheduler).__name__} is not supported; supported schedulers: {', '.join(SUPPORTED_SCHEDULERS)}."
@@ -84,7 +84,6 @@ class DiffusersAdapter(DiffusionAdapter):
             raise ValueError("A UNet2DConditionModel needs encoder_hidden_states (e.g. an empty prompt's embedding).")
         self.scheduler = scheduler
         self.steps = int(steps)
-        self.vae = vae
         self.prediction_type = scheduler.config.prediction_type
         if encoder_hidden_states is not None:
             self.register_buffer("encoder_hidden_states", encoder_hidden_states.detach(), persistent=False)
@@ -108,13 +107,6 @@ class DiffusersAdapter(DiffusionAdapter):
         else:
             out = self.denoiser(x, t, **kwargs).sample
         return out[:, : self.prediction_channels] if self.prediction_channels else out
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Training images to the model's space (latent means × scaling factor with a VAE)."""
-        if self.vae is None:
-            return images
-        return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Prediction − target at a per-example training timestep and Gaussian noise."""
@@ -151,10 +143,3 @@ class DiffusersAdapter(DiffusionAdapter):
             else:  # DDPMScheduler draws its noise itself: one generator per sample keeps it per-seed
                 x = scheduler.step(out, t, x, generator=gens).prev_sample
         return x
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (decoded by the VAE for latent models)."""
-        if self.vae is not None:
-            with torch.no_grad():
-                x = self.vae.decode(x / self.vae.config.scaling_factor).sample
-        return super().decode(x)

@@ -42,6 +42,7 @@ class FlowMatchingAdapter(DiffusionAdapter):
         rtol: dopri5 relative tolerance.
         atol: dopri5 absolute tolerance.
         image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
+        vae: an autoencoder for latent flow matching (see ``DiffusionAdapter``).
     """
 
     def __init__(
@@ -56,8 +57,9 @@ class FlowMatchingAdapter(DiffusionAdapter):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         image_range: tuple[float, float] | None = None,
+        vae: nn.Module | None = None,
     ) -> None:
-        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range)
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
         self.sampler = FlowSampler(sampler)
         if self.sampler is FlowSampler.DOPRI5:
             _require_torchdiffeq()
@@ -72,6 +74,7 @@ class FlowMatchingAdapter(DiffusionAdapter):
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Velocity prediction − (x − ε) at a per-example uniform t and Gaussian ε."""
         x1, y = unpack_batch(batch)
+        x1 = self.encode(x1)
         gens = seeding.generators(seeds, x1.device)
         t = seeding.rand(gens, x1.device, x1.dtype)
         eps = seeding.randn(gens, x1.shape[1:], x1.device, x1.dtype)

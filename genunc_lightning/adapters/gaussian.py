@@ -84,6 +84,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         output_channels: keep only the first channels of the output (ADM and DiT learn the variance
             in the remaining channels); ``None`` keeps all.
         image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
+        vae: an autoencoder for latent diffusion (see ``DiffusionAdapter``).
     """
 
     def __init__(
@@ -103,8 +104,9 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         clip_denoised: bool = False,
         output_channels: int | None = None,
         image_range: tuple[float, float] | None = None,
+        vae: nn.Module | None = None,
     ) -> None:
-        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range)
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
         self.prediction = Prediction(prediction)
         self.sampler = Sampler(sampler)
         self.num_train_steps = int(num_train_steps)
@@ -133,6 +135,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Prediction − target at a per-example uniform t and Gaussian noise (see base class)."""
         x0, y = unpack_batch(batch)
+        x0 = self.encode(x0)
         gens = seeding.generators(seeds, x0.device)
         t = seeding.randint(gens, self.num_train_steps, x0.device)
         eps = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)

@@ -201,7 +201,8 @@ class GenerativeUncertaintyModule(LightningModule):
         cond = classes.to(self.device) if self.adapter.num_classes is not None else None
         kept, members = self.generate_scored(seeds, cond)
         k, b = members.shape[:2]
-        decoded = self.adapter.decode(members.flatten(0, 1)).view(k, b, *members.shape[2:])
+        decoded = self.adapter.decode(members.flatten(0, 1))
+        decoded = decoded.view(k, b, *decoded.shape[1:])  # latent models decode to another shape
         scores = {lik.name: lik.score(decoded) for lik in self.likelihoods}
         for baseline in self.baselines:
             scores[baseline.name] = baseline.score(self.adapter, self.posterior, seeds, cond, self.steps)

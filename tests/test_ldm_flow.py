@@ -1,0 +1,133 @@
+"""CompVis/Stability LatentDiffusion (through a faithful double) and latent flow matching with a DiT."""
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from genunc_lightning.adapters import FlowMatchingAdapter, LatentDiffusionAdapter
+from genunc_lightning.data import DiffusionDataModule, SeedDataModule
+from genunc_lightning.evaluation import Evaluation
+from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule, fisher_batch
+from genunc_lightning.seeding import example_seeds
+from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter
+from tests.ldm_double import FakeLatentDiffusion
+
+KW = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+class DictImages(torch.utils.data.Dataset):
+    """Items as CompVis datasets give them: {"image": h w c in [-1, 1], "class_label": int}."""
+
+    def __init__(self, n=40):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 8, 8, 1, generator=g) * 2 - 1
+        self.labels = torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "class_label": self.labels[i]}
+
+
+def ldm_adapter(parameterization="eps", sampler="ddim"):
+    torch.manual_seed(0)
+    return LatentDiffusionAdapter(FakeLatentDiffusion(parameterization), (2, 4, 4), num_classes=3, sampler=sampler,
+                                  steps=5)  # fmt: skip
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+def test_ldm_fisher_matches_brute_force(parameterization):
+    adapter = ldm_adapter(parameterization)  # float32: their get_input casts images with .float()
+    data = DictImages(5)
+    batch = {"image": data.images, "class_label": data.labels}
+    seeds = example_seeds(0, range(5))
+    ours = fisher_batch(adapter, batch, [seeds])
+    layer = adapter.last_layer_module
+    ref = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in layer.named_parameters()}
+    for b in range(5):
+        one = {k: v[b : b + 1] for k, v in batch.items()}
+        grads = torch.autograd.grad(adapter.loss(one, seeds[b : b + 1]).sum(), list(layer.parameters()))
+        for (n, _), g in zip(layer.named_parameters(), grads, strict=True):
+            ref[n] += g.double() ** 2
+    assert adapter.last_layer == "model.diffusion_model.out.2"
+    for n in ref:
+        torch.testing.assert_close(ours.diag[n], ref[n], rtol=1e-4, atol=1e-8 * ref[n].abs().max().item())
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_ldm_same_seed_same_sample_in_batches_of_1_and_8(sampler):
+    adapter = ldm_adapter(sampler=sampler).eval()
+    seeds, classes = torch.arange(8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    eight = adapter.sample(seeds, classes)
+    torch.testing.assert_close(adapter.sample(seeds[3:4], classes[3:4])[0], eight[3], rtol=1e-4, atol=1e-5)
+    assert adapter.decode(eight).shape == (8, 1, 8, 8)  # decoded through decode_first_stage
+    torch.testing.assert_close(adapter.alphas_cumprod, adapter.denoiser.alphas_cumprod.double())
+
+
+def test_ldm_fit_laplace_predict_evaluate(tmp_path):
+    adapter = ldm_adapter()
+    fisher = FisherAccumulationCallback(output=str(tmp_path / "p.safetensors"))
+    Trainer(callbacks=[fisher], inference_mode=False, **KW).predict(
+        LaplaceFitModule(adapter), datamodule=DiffusionDataModule(DictImages(), batch_size=16), return_predictions=False
+    )
+    module = GenerativeUncertaintyModule(adapter, str(tmp_path / "p.safetensors"), [PixelLikelihood()], num_members=2)
+    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **KW).predict(
+        module, datamodule=SeedDataModule(20, 10, num_classes=3), return_predictions=False
+    )
+    reference = torch.utils.data.TensorDataset(DictImages().images.permute(0, 3, 1, 2))
+    report = Evaluation(str(tmp_path / "run"), reference, reference_range=(-1.0, 1.0), keep=10, random_subsets=2,
+                        fractions=[1.0]).run()  # fmt: skip
+    assert {"pixel", "random"} <= set(report["results"])
+
+
+def test_ldm_bad_input():
+    with pytest.raises(TypeError, match="needs a LatentDiffusion"):
+        LatentDiffusionAdapter(nn.Linear(2, 2), (2, 4, 4))
+    ldm = FakeLatentDiffusion()
+    ldm.parameterization = "score"
+    with pytest.raises(ValueError, match="supported: eps, x0, v"):
+        LatentDiffusionAdapter(ldm, (2, 4, 4))
+
+
+diffusers = pytest.importorskip("diffusers")
+
+
+class DiTVelocity(nn.Module):
+    """A few lines to use a diffusers DiT as a flow-matching velocity network (time in [0, 1])."""
+
+    def __init__(self):
+        super().__init__()
+        self.dit = diffusers.DiTTransformer2DModel(
+            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1, sample_size=4,
+            patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=1,
+        )  # fmt: skip
+
+    def forward(self, x, t, y):
+        return self.dit(x, timestep=(t * 999).round().long(), class_labels=y).sample
+
+
+def test_latent_flow_matching_dit_with_dopri5(tmp_path):
+    torch.manual_seed(0)
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), latent_channels=4,
+                                  norm_num_groups=4, sample_size=8, **blocks).eval()  # fmt: skip
+    adapter = FlowMatchingAdapter(DiTVelocity(), "dit.proj_out_2", (4, 4, 4), num_classes=3, sampler="dopri5",
+                                  rtol=1e-4, atol=1e-4, image_range=(-1.0, 1.0), vae=vae)  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.rand(24, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 3, (24,), generator=g)
+    fisher = FisherAccumulationCallback(output=str(tmp_path / "p.safetensors"))
+    Trainer(callbacks=[fisher], inference_mode=False, **KW).predict(
+        LaplaceFitModule(adapter),
+        datamodule=DiffusionDataModule(torch.utils.data.TensorDataset(images, labels), batch_size=12),
+        return_predictions=False,
+    )
+    module = GenerativeUncertaintyModule(adapter, str(tmp_path / "p.safetensors"), [PixelLikelihood()],
+                                         num_members=2, steps=1)  # fmt: skip
+    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **KW).predict(
+        module, datamodule=SeedDataModule(12, 6, num_classes=3), return_predictions=False
+    )
+    report = Evaluation(str(tmp_path / "run"), torch.utils.data.TensorDataset(images), reference_range=(-1.0, 1.0),
+                        keep=8, random_subsets=2, fractions=[1.0]).run()  # fmt: skip
+    assert report["samples"] == 12 and "pixel" in report["results"]
