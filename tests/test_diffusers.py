@@ -116,3 +116,20 @@ def test_unsupported_scheduler_and_unreached_layer():
         adapter.check_last_layer_reached()
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         DiffusersAdapter(tiny_cond_unet(), diffusers.DDIMScheduler(), (1, 8, 8))
+
+
+def test_the_package_imports_without_diffusers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['diffusers'] = None; import genunc_lightning, genunc_lightning.adapters; print('ok')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+    code = (
+        "import sys; sys.modules['diffusers'] = None; from genunc_lightning.adapters import DiffusersAdapter\n"
+        "try:\n    DiffusersAdapter(None, None, (1,))\nexcept ImportError as e:\n    print(e)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'genunc-lightning[diffusers]'" in res.stdout

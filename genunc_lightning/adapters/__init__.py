@@ -14,8 +14,10 @@ from genunc_lightning.adapters.diffusers import DiffusersAdapter
 from genunc_lightning.adapters.flow import FlowMatchingAdapter
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, alphas_cumprod
 from genunc_lightning.adapters.ldm import LatentDiffusionAdapter
+from genunc_lightning.adapters.sgm import SGMAdapter
 
 __all__ = [
+    "SGMAdapter",
     "SUPPORTED_LAST_LAYER_TYPES",
     "DiffusersAdapter",
     "DiffusionAdapter",

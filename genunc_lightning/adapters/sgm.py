@@ -1,0 +1,104 @@
+"""Stability's sgm ``DiffusionEngine`` (generative-models), used as it is.
+
+The adapter relies only on this interface of theirs: ``model`` (the OpenAIWrapper around
+``diffusion_model``), ``denoiser(network, x, sigma, cond)`` returning the denoised x̂0 (with its
+``sigmas`` buffer, as ``DiscreteDenoiser`` has), ``conditioner(batch)`` returning the conditioning
+dict, ``get_input(batch)``, ``encode_first_stage`` and ``decode_first_stage``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from genunc_lightning import seeding
+from genunc_lightning.adapters.base import DiffusionAdapter
+
+
+class SGMAdapter(DiffusionAdapter):
+    """Adapter for a Stability sgm ``DiffusionEngine`` with a discrete σ schedule.
+
+    Training residual (Fisher): at a σ drawn uniformly from the denoiser's ``sigmas`` and noise n,
+    x = x0 + σ·n, the residual is (D(x, σ) − x0) / c_out(σ), the network output minus its target
+    (ε for EpsScaling, v for VScaling). c_out(σ) comes from the engine's own scaling, read off
+    ``denoiser.scaling(sigma)``.
+
+    Sampling: deterministic Euler (sgm's EulerEDMSampler without churn) over ``steps`` σ values
+    spaced evenly in index over the denoiser's ``sigmas``, then 0; x_T = n·√(1 + σ_max²) as sgm does.
+
+    Args:
+        engine: the ``DiffusionEngine``.
+        sample_shape: latent shape of one sample.
+        last_layer: dotted name of the last layer inside ``engine``.
+        num_classes: classes of a class-conditional engine, passed to the conditioner as ``class_key``.
+        class_key: the batch key of class labels for the conditioner.
+        steps: sampling steps.
+    """
+
+    def __init__(
+        self,
+        engine: nn.Module,
+        sample_shape: Sequence[int],
+        last_layer: str = "model.diffusion_model.out.2",
+        num_classes: int | None = None,
+        class_key: str = "cls",
+        steps: int = 50,
+    ) -> None:
+        for attr in ("model", "denoiser", "conditioner", "decode_first_stage", "encode_first_stage", "get_input"):
+            if not hasattr(engine, attr):
+                raise TypeError(f"{type(engine).__name__} has no {attr!r}: SGMAdapter needs an sgm DiffusionEngine.")
+        if not hasattr(engine.denoiser, "sigmas"):
+            raise ValueError("SGMAdapter supports denoisers with a discrete sigma schedule (DiscreteDenoiser).")
+        super().__init__(engine, last_layer, sample_shape, num_classes, image_range=(-1.0, 1.0))
+        self.class_key, self.steps = class_key, int(steps)
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The engine's discrete σ schedule, ascending."""
+        return self.denoiser.denoiser.sigmas
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The engine's denoised estimate D(x, σ)."""
+        return self.denoiser.denoiser(self.denoiser.model, x, sigma, cond)
+
+    def conditioning(self, classes: torch.Tensor | None, batch_size: int) -> dict:
+        """The conditioner's output for class labels (or for an empty batch of the right size)."""
+        batch = {self.class_key: classes} if classes is not None else {}
+        return self.denoiser.conditioner(batch) if batch else {}
+
+    def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
+        """(D(x0 + σn, σ) − x0) / c_out(σ): the network output minus its target."""
+        engine = self.denoiser
+        x0 = engine.encode_first_stage(engine.get_input(batch))
+        cond = engine.conditioner(batch)
+        gens = seeding.generators(seeds, x0.device)
+        sigmas = self.sigmas.to(x0.device)
+        sigma = sigmas[seeding.randint(gens, len(sigmas), x0.device)].to(x0.dtype)
+        noise = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)
+        sb = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        c_out = engine.denoiser.scaling(sb)[1]
+        return (self.denoise(x0 + sb * noise, sigma, cond) - x0) / c_out
+
+    def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
+        param = next(self.denoiser.parameters())
+        sigmas = self.sigmas.to(param.device, param.dtype)
+        n = steps or self.steps
+        idx = torch.linspace(len(sigmas) - 1, 0, n, dtype=torch.float64).round().long().tolist()
+        schedule = [sigmas[i] for i in idx] + [torch.zeros((), device=param.device, dtype=param.dtype)]
+        gens = seeding.generators(seeds, param.device)
+        x = seeding.randn(gens, self.sample_shape, param.device, param.dtype) * math.sqrt(1 + float(schedule[0]) ** 2)
+        cond = self.conditioning(classes.to(param.device) if classes is not None else None, x.shape[0])
+        for sigma, sigma_next in zip(schedule[:-1], schedule[1:], strict=True):
+            s = sigma.expand(x.shape[0])
+            d = (x - self.denoise(x, s, cond)) / sigma
+            x = x + d * (sigma_next - sigma)
+        return x
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] through the engine's first stage."""
+        with torch.no_grad():
+            return super().decode(self.denoiser.decode_first_stage(x))
