@@ -8,10 +8,10 @@ from torch import nn
 from genunc_lightning.adapters import FlowMatchingAdapter, LatentDiffusionAdapter
 from genunc_lightning.data import DiffusionDataModule, SeedDataModule
 from genunc_lightning.evaluation import Evaluation
-from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule, fisher_batch
-from genunc_lightning.seeding import example_seeds
+from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule
 from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter
 from tests.ldm_double import FakeLatentDiffusion
+from tests.test_fisher import assert_fisher_close
 
 KW = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
 
@@ -41,19 +41,8 @@ def ldm_adapter(parameterization="eps", sampler="ddim"):
 def test_ldm_fisher_matches_brute_force(parameterization):
     adapter = ldm_adapter(parameterization)  # float32: their get_input casts images with .float()
     data = DictImages(5)
-    batch = {"image": data.images, "class_label": data.labels}
-    seeds = example_seeds(0, range(5))
-    ours = fisher_batch(adapter, batch, [seeds])
-    layer = adapter.last_layer_module
-    ref = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in layer.named_parameters()}
-    for b in range(5):
-        one = {k: v[b : b + 1] for k, v in batch.items()}
-        grads = torch.autograd.grad(adapter.loss(one, seeds[b : b + 1]).sum(), list(layer.parameters()))
-        for (n, _), g in zip(layer.named_parameters(), grads, strict=True):
-            ref[n] += g.double() ** 2
+    assert_fisher_close(adapter, {"image": data.images, "class_label": data.labels}, rtol=1e-4, atol_scale=1e-8)
     assert adapter.last_layer == "model.diffusion_model.out.2"
-    for n in ref:
-        torch.testing.assert_close(ours.diag[n], ref[n], rtol=1e-4, atol=1e-8 * ref[n].abs().max().item())
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])

@@ -132,17 +132,25 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         a = self.alphas_cumprod.to(t.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
         return a.sqrt(), (1 - a).sqrt()
 
+    def training_data(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """(clean data in the model's space, conditioning) of a training batch."""
+        x0, y = unpack_batch(batch)
+        return self.encode(x0), y
+
+    def predict_conditioned(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The prediction given the conditioning that ``training_data`` returns (class labels here)."""
+        return self.predict(x, t, cond)
+
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Prediction − target at a per-example uniform t and Gaussian noise (see base class)."""
-        x0, y = unpack_batch(batch)
-        x0 = self.encode(x0)
+        x0, cond = self.training_data(batch)
         gens = seeding.generators(seeds, x0.device)
         t = seeding.randint(gens, self.num_train_steps, x0.device)
         eps = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)
         sa, sb = self._coefficients(t, x0)
         xt = sa * x0 + sb * eps
         target = {Prediction.EPS: eps, Prediction.X0: x0, Prediction.V: sa * eps - sb * x0}[self.prediction]
-        return self.predict(xt, t, y) - target
+        return self.predict_conditioned(xt, t, cond) - target
 
     def denoised(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted x0, predicted ε) at timestep ``t`` (a LongTensor [B])."""

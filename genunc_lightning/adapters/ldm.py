@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from genunc_lightning import seeding
-from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, Prediction
+from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter
 
 PARAMETERIZATION = {"eps": "eps", "x0": "x0", "v": "v"}
 
@@ -77,19 +76,17 @@ class LatentDiffusionAdapter(GaussianDiffusionAdapter):
         """``apply_model`` with integer timesteps and learned conditioning."""
         return self.denoiser.apply_model(x, t.round().long(), self.conditioning(y))
 
-    def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
-        """Prediction − target on the latents and conditioning of ``get_input``."""
+    def training_data(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """Latents and encoded conditioning from the module's own ``get_input``."""
         get_input = self.denoiser.get_input
         # A trainable cond stage returns raw conditioning unless forced to encode it (as their forward does).
         kwargs = {"force_c_encode": True} if "force_c_encode" in inspect.signature(get_input).parameters else {}
         z, cond = get_input(batch, self.denoiser.first_stage_key, **kwargs)[:2]
-        gens = seeding.generators(seeds, z.device)
-        t = seeding.randint(gens, self.num_train_steps, z.device)
-        eps = seeding.randn(gens, z.shape[1:], z.device, z.dtype)
-        sa, sb = self._coefficients(t, z)
-        zt = sa * z + sb * eps
-        target = {Prediction.EPS: eps, Prediction.X0: z, Prediction.V: sa * eps - sb * z}[self.prediction]
-        return self.denoiser.apply_model(zt, t, cond) - target
+        return z, cond
+
+    def predict_conditioned(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """``apply_model`` with already encoded conditioning."""
+        return self.denoiser.apply_model(x, t, cond)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] through the module's first stage."""
