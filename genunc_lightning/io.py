@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,13 +30,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Calls ``write(tmp_path)`` and renames the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-    return Path(path)
-
-
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Writes ``text`` to ``path`` atomically."""
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
