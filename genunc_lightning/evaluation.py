@@ -232,15 +232,16 @@ class Evaluation:
             )
         return k
 
-    def _metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        precision, recall = MF.precision_recall(real, fake, self.k)
+    def _metrics(self, reference: dict[str, Any], fake: torch.Tensor) -> dict[str, float]:
+        """FID, precision and recall of one kept set; ``reference`` holds what depends on the reference only."""
+        precision, recall = MF.precision_recall(reference["features"], fake, self.k, real_radii=reference["radii"])
         return {
-            "fid": MF.frechet_distance_features(real, fake).item(),
+            "fid": MF.frechet_distance(*MF.feature_statistics(fake), *reference["statistics"]).item(),
             "precision": precision.item(),
             "recall": recall.item(),
         }
 
-    def methods(self, columns: dict[str, torch.Tensor], classes: torch.Tensor) -> dict[str, Any]:
+    def methods(self, columns: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Each method's ranking values (lower = keep first), by method name."""
         names = self.scores or [c for c in columns if c not in ("index", "seed", "class")]
         missing = [n for n in names if n not in columns]
@@ -261,19 +262,23 @@ class Evaluation:
         MF.check_features("features of the run's samples", fake)
         real = self.reference_features()
         MF.check_pair(real, fake, self.k)
+        # Computed once: every kept set below is compared with the same reference set.
+        reference = {"features": real, "radii": MF.knn_radii(real, self.k), "statistics": MF.feature_statistics(real)}
         columns = {c: v for c, v in table.items()}
-        columns["realism"] = MF.realism_score(real, fake, self.k)
-        columns["rarity"] = MF.rarity_score(real, fake, self.k)
+        columns["realism"] = MF.realism_score(real, fake, self.k, real_radii=reference["radii"])
+        columns["rarity"] = MF.rarity_score(real, fake, self.k, real_radii=reference["radii"])
         classes = table["class"]
-        ranking = self.methods(columns, classes)
-        results: dict[str, Any] = {"all samples": {**self._metrics(real, fake), "kept": n}}
+        ranking = self.methods(columns)
+        results: dict[str, Any] = {"all samples": {**self._metrics(reference, fake), "kept": n}}
         for name, (values, higher) in ranking.items():
-            results[name] = {**self._metrics(real, fake[keep_best(values, kept, higher)]), "kept": kept}
+            results[name] = {**self._metrics(reference, fake[keep_best(values, kept, higher)]), "kept": kept}
             if self.class_balanced and (classes >= 0).any():
                 idx = class_balanced_keep(values, classes, kept, higher)
-                results[f"{name} (class-balanced)"] = {**self._metrics(real, fake[idx]), "kept": kept}
+                results[f"{name} (class-balanced)"] = {**self._metrics(reference, fake[idx]), "kept": kept}
         g = torch.Generator().manual_seed(self.seed)
-        randoms = [self._metrics(real, fake[torch.randperm(n, generator=g)[:kept]]) for _ in range(self.random_subsets)]
+        randoms = [
+            self._metrics(reference, fake[torch.randperm(n, generator=g)[:kept]]) for _ in range(self.random_subsets)
+        ]
         if randoms:
             results["random"] = {
                 **{m: float(torch.tensor([r[m] for r in randoms]).mean()) for m in randoms[0]},
@@ -283,7 +288,10 @@ class Evaluation:
             }
         sweep = {
             name: [
-                {"fraction": f, **self._metrics(real, fake[keep_best(values, max(self.k + 1, round(f * n)), higher)])}
+                {
+                    "fraction": f,
+                    **self._metrics(reference, fake[keep_best(values, max(self.k + 1, round(f * n)), higher)]),
+                }
                 for f in self.fractions
             ]
             for name, (values, higher) in ranking.items()

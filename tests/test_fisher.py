@@ -114,7 +114,12 @@ def test_fisher_pass_builds_no_graph_in_the_backbone_and_restores_flags():
     model = MLPDenoiser(hidden=16, depth=2)
     model.inp.weight.requires_grad_(False)  # a user's own frozen parameter stays frozen afterwards
     adapter = GaussianDiffusionAdapter(model, "out", (2,))
+    seen = []  # does the last layer's input carry an autograd graph?
+    model.out.register_forward_pre_hook(lambda module, args: seen.append(args[0].grad_fn is not None))
+    with torch.enable_grad():  # control: an ordinary forward builds a graph through the backbone
+        adapter.loss(torch.randn(4, 2), example_seeds(0, range(4)))
     out = fisher_batch(adapter, torch.randn(4, 2), [example_seeds(0, range(4))])
+    assert seen == [True, False]
     assert all(p.grad is None for p in model.parameters())
     assert not model.inp.weight.requires_grad
     assert all(p.requires_grad for n, p in model.named_parameters() if n != "inp.weight")

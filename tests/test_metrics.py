@@ -82,6 +82,18 @@ def test_precision_recall_match_torch_fidelity(chunk):
     assert metric.compute()["precision"].item() == pytest.approx(ref["precision"], abs=1e-6)
 
 
+def test_precomputed_reference_radii_give_the_same_values():
+    from genunc_lightning.metrics import knn_radii
+
+    real, fake = feature_sets()
+    radii = knn_radii(real, 3)
+    assert precision_recall(real, fake, real_radii=radii) == precision_recall(real, fake)
+    torch.testing.assert_close(realism_score(real, fake, real_radii=radii), realism_score(real, fake))
+    torch.testing.assert_close(rarity_score(real, fake, real_radii=radii), rarity_score(real, fake))
+    with pytest.raises(ValueError, match="real_radii has shape"):
+        rarity_score(real, fake, real_radii=radii[:5])
+
+
 def numpy_radii(x, k):
     d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
     return np.sort(d, axis=1)[:, k]

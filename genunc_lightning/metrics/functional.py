@@ -93,41 +93,63 @@ def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = DEFAULT_CHUNK) ->
 
 
 def _scan_balls(
-    queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each query: inside any ball; max radius/distance; min radius among balls containing it."""
-    inside = torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device)
-    realism = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
-    rarity = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
-    inf = torch.tensor(math.inf, dtype=radii.dtype, device=radii.device)
+    queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int, reduce: str
+) -> torch.Tensor:
+    """One value per query from its distances to the balls (centres, radii), chunk by chunk.
+
+    ``inside``: within some ball; ``realism``: max radius / distance; ``rarity``: the smallest radius
+    of a ball containing it (+inf when none does).
+    """
+    out = []
     for start in range(0, queries.shape[0], chunk):
         d = torch.cdist(queries[start : start + chunk], centres)
-        member = d <= radii
-        inside[start : start + chunk] = member.any(1)
-        realism[start : start + chunk] = (radii / d.clamp(min=1e-12)).max(1).values.double()
-        rarity[start : start + chunk] = torch.where(member, radii, inf).min(1).values.double()
-    return inside, realism, rarity
+        if reduce == "inside":
+            out.append((d <= radii).any(1))
+        elif reduce == "realism":
+            out.append((radii / d.clamp(min=1e-12)).max(1).values.double())
+        else:
+            inf = torch.tensor(math.inf, dtype=radii.dtype, device=radii.device)
+            out.append(torch.where(d <= radii, radii, inf).min(1).values.double())
+    return torch.cat(out)
+
+
+def _real_radii(real: torch.Tensor, k: int, chunk: int, real_radii: torch.Tensor | None) -> torch.Tensor:
+    if real_radii is None:
+        return knn_radii(real, k, chunk)
+    if real_radii.shape != (real.shape[0],):
+        raise ValueError(f"real_radii has shape {tuple(real_radii.shape)}; expected ({real.shape[0]},).")
+    return real_radii
 
 
 def precision_recall(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = DEFAULT_CHUNK
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k: int = 3,
+    chunk: int = DEFAULT_CHUNK,
+    real_radii: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Improved precision and recall (Kynkäänniemi et al. 2019).
 
     Precision: the fraction of fake points inside some real point's k-NN ball; recall: the fraction
     of real points inside some fake point's k-NN ball. A point on a ball's boundary is inside, as in
-    torch-fidelity's ``prc``.
+    torch-fidelity's ``prc``. ``real_radii`` (``knn_radii(real, k)``) saves recomputing the
+    reference balls when many fake sets are compared with one reference set.
     """
     check_pair(real, fake, k)
     if fake.shape[0] < k + 1:
         raise ValueError(f"The kept set has {fake.shape[0]} points; recall with k = {k} needs at least {k + 1}.")
-    precision = _scan_balls(fake, real, knn_radii(real, k, chunk), chunk)[0].double().mean()
-    recall = _scan_balls(real, fake, knn_radii(fake, k, chunk), chunk)[0].double().mean()
+    precision = _scan_balls(fake, real, _real_radii(real, k, chunk, real_radii), chunk, "inside").double().mean()
+    recall = _scan_balls(real, fake, knn_radii(fake, k, chunk), chunk, "inside").double().mean()
     return precision, recall
 
 
 def realism_score(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, prune_quantile: float = 0.5, chunk: int = DEFAULT_CHUNK
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k: int = 3,
+    prune_quantile: float = 0.5,
+    chunk: int = DEFAULT_CHUNK,
+    real_radii: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Realism score per fake point (Kynkäänniemi et al. 2019): max over real r of radius_r / ‖f − r‖.
 
@@ -137,15 +159,21 @@ def realism_score(
     distances, which ranks samples identically.
     """
     check_pair(real, fake, k)
-    radii = knn_radii(real, k, chunk)
+    radii = _real_radii(real, k, chunk, real_radii)
     keep = radii <= torch.quantile(radii.double(), prune_quantile).to(radii.dtype)
-    return _scan_balls(fake, real[keep], radii[keep], chunk)[1]
+    return _scan_balls(fake, real[keep], radii[keep], chunk, "realism")
 
 
-def rarity_score(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+def rarity_score(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k: int = 3,
+    chunk: int = DEFAULT_CHUNK,
+    real_radii: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Rarity score per fake point (Han et al. 2023): the smallest radius of a real k-NN ball containing it.
 
     Lower = more typical. A point outside every real ball scores +inf.
     """
     check_pair(real, fake, k)
-    return _scan_balls(fake, real, knn_radii(real, k, chunk), chunk)[2]
+    return _scan_balls(fake, real, _real_radii(real, k, chunk, real_radii), chunk, "rarity")

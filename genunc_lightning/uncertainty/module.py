@@ -211,7 +211,8 @@ class GenerativeUncertaintyModule(LightningModule):
             "seed": seeds,
             "class": classes,
             "scores": scores,
-            "sample": self.adapter.decode(kept),
+            # With the kept sample among the members (member 0) it is decoded already.
+            "sample": decoded[0] if self.include_pretrained else self.adapter.decode(kept),
         }
         if self.save_variance_maps:
             out["variance_maps"] = PixelLikelihood.variance_map(decoded)
