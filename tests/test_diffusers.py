@@ -2,15 +2,11 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 diffusers = pytest.importorskip("diffusers")
 
 from genunc_lightning.adapters import DiffusersAdapter, LastLayerError  # noqa: E402
-from genunc_lightning.data import DiffusionDataModule, SeedDataModule  # noqa: E402
-from genunc_lightning.evaluation import Evaluation  # noqa: E402
-from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule  # noqa: E402
-from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter  # noqa: E402
+from tests.pipeline import fit_predict_evaluate  # noqa: E402
 from tests.test_fisher import assert_fisher_close  # noqa: E402
 
 
@@ -91,18 +87,7 @@ def test_fit_laplace_predict_evaluate(kind, scheduler, tmp_path):
     images = torch.rand(48, 1, 8, 8, generator=g) * 2 - 1
     labels = torch.randint(0, 3, (48,), generator=g)
     data = torch.utils.data.TensorDataset(images, labels) if adapter.num_classes else images
-    fisher = FisherAccumulationCallback(output=str(tmp_path / "posterior.safetensors"))
-    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    Trainer(callbacks=[fisher], inference_mode=False, **kw).predict(
-        LaplaceFitModule(adapter), datamodule=DiffusionDataModule(data, batch_size=16), return_predictions=False
-    )
-    module = GenerativeUncertaintyModule(adapter, str(tmp_path / "posterior.safetensors"), [PixelLikelihood()],
-                                         num_members=2)  # fmt: skip
-    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **kw).predict(
-        module, datamodule=SeedDataModule(24, 12, num_classes=adapter.num_classes), return_predictions=False
-    )
-    report = Evaluation(str(tmp_path / "run"), torch.utils.data.TensorDataset(images), reference_range=(-1.0, 1.0),
-                        keep=12, random_subsets=2, fractions=[1.0]).run()  # fmt: skip
+    report = fit_predict_evaluate(tmp_path, adapter, data, images, num_samples=24, batch_size=12, keep=12)
     assert {"pixel", "random", "realism"} <= set(report["results"])
 
 

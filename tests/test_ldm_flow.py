@@ -2,18 +2,12 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch import nn
 
 from genunc_lightning.adapters import FlowMatchingAdapter, LatentDiffusionAdapter
-from genunc_lightning.data import DiffusionDataModule, SeedDataModule
-from genunc_lightning.evaluation import Evaluation
-from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule
-from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter
 from tests.ldm_double import FakeLatentDiffusion
+from tests.pipeline import fit_predict_evaluate
 from tests.test_fisher import assert_fisher_close
-
-KW = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
 
 
 class DictImages(torch.utils.data.Dataset):
@@ -57,17 +51,8 @@ def test_ldm_same_seed_same_sample_in_batches_of_1_and_8(sampler):
 
 def test_ldm_fit_laplace_predict_evaluate(tmp_path):
     adapter = ldm_adapter()
-    fisher = FisherAccumulationCallback(output=str(tmp_path / "p.safetensors"))
-    Trainer(callbacks=[fisher], inference_mode=False, **KW).predict(
-        LaplaceFitModule(adapter), datamodule=DiffusionDataModule(DictImages(), batch_size=16), return_predictions=False
-    )
-    module = GenerativeUncertaintyModule(adapter, str(tmp_path / "p.safetensors"), [PixelLikelihood()], num_members=2)
-    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **KW).predict(
-        module, datamodule=SeedDataModule(20, 10, num_classes=3), return_predictions=False
-    )
-    reference = torch.utils.data.TensorDataset(DictImages().images.permute(0, 3, 1, 2))
-    report = Evaluation(str(tmp_path / "run"), reference, reference_range=(-1.0, 1.0), keep=10, random_subsets=2,
-                        fractions=[1.0]).run()  # fmt: skip
+    images = DictImages().images.permute(0, 3, 1, 2)
+    report = fit_predict_evaluate(tmp_path, adapter, DictImages(), images, num_samples=20, batch_size=10, keep=10)
     assert {"pixel", "random"} <= set(report["results"])
 
 
@@ -106,17 +91,6 @@ def test_latent_flow_matching_dit_with_dopri5(tmp_path):
                                   rtol=1e-4, atol=1e-4, image_range=(-1.0, 1.0), vae=vae)  # fmt: skip
     g = torch.Generator().manual_seed(1)
     images, labels = torch.rand(24, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 3, (24,), generator=g)
-    fisher = FisherAccumulationCallback(output=str(tmp_path / "p.safetensors"))
-    Trainer(callbacks=[fisher], inference_mode=False, **KW).predict(
-        LaplaceFitModule(adapter),
-        datamodule=DiffusionDataModule(torch.utils.data.TensorDataset(images, labels), batch_size=12),
-        return_predictions=False,
-    )
-    module = GenerativeUncertaintyModule(adapter, str(tmp_path / "p.safetensors"), [PixelLikelihood()],
-                                         num_members=2, steps=1)  # fmt: skip
-    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **KW).predict(
-        module, datamodule=SeedDataModule(12, 6, num_classes=3), return_predictions=False
-    )
-    report = Evaluation(str(tmp_path / "run"), torch.utils.data.TensorDataset(images), reference_range=(-1.0, 1.0),
-                        keep=8, random_subsets=2, fractions=[1.0]).run()  # fmt: skip
+    data = torch.utils.data.TensorDataset(images, labels)
+    report = fit_predict_evaluate(tmp_path, adapter, data, images, num_samples=12, batch_size=6, keep=8, steps=1)
     assert report["samples"] == 12 and "pixel" in report["results"]

@@ -2,19 +2,13 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters import SGMAdapter
-from genunc_lightning.data import DiffusionDataModule, SeedDataModule
-from genunc_lightning.evaluation import Evaluation
-from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule
 from genunc_lightning.seeding import example_seeds
-from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter
+from tests.pipeline import fit_predict_evaluate
 from tests.sgm_double import FakeDiffusionEngine
 from tests.test_fisher import assert_fisher_close
-
-KW = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
 
 
 class JpgDataset(torch.utils.data.Dataset):
@@ -60,16 +54,9 @@ def test_same_seed_same_sample_and_end_to_end(tmp_path):
     seeds, classes = torch.arange(8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     eight = ad.sample(seeds, classes)
     torch.testing.assert_close(ad.sample(seeds[5:6], classes[5:6])[0], eight[5], rtol=1e-4, atol=1e-5)
-    fisher = FisherAccumulationCallback(output=str(tmp_path / "p.safetensors"))
-    Trainer(callbacks=[fisher], inference_mode=False, **KW).predict(
-        LaplaceFitModule(ad), datamodule=DiffusionDataModule(JpgDataset(), batch_size=16), return_predictions=False
+    report = fit_predict_evaluate(
+        tmp_path, ad, JpgDataset(), JpgDataset().images, num_samples=20, batch_size=10, keep=10
     )
-    module = GenerativeUncertaintyModule(ad, str(tmp_path / "p.safetensors"), [PixelLikelihood()], num_members=2)
-    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **KW).predict(
-        module, datamodule=SeedDataModule(20, 10, num_classes=3), return_predictions=False
-    )
-    report = Evaluation(str(tmp_path / "run"), torch.utils.data.TensorDataset(JpgDataset().images),
-                        reference_range=(-1.0, 1.0), keep=10, random_subsets=2, fractions=[1.0]).run()  # fmt: skip
     assert {"pixel", "random"} <= set(report["results"])
 
 

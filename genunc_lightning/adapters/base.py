@@ -67,6 +67,13 @@ def _supported_names() -> str:
     return ", ".join(f"nn.{t.__name__}" for t in SUPPORTED_LAST_LAYER_TYPES)
 
 
+def require_interface(obj: Any, attributes: Sequence[str], needed_by: str, kind: str) -> None:
+    """Raises a TypeError naming the first missing attribute of a foreign model's interface."""
+    for attr in attributes:
+        if not hasattr(obj, attr):
+            raise TypeError(f"{type(obj).__name__} has no {attr!r}: {needed_by} needs {kind}.")
+
+
 def layer_parameters(layer: nn.Module) -> dict[str, torch.Tensor]:
     """The layer's own parameters by short name (``weight`` and, if present, ``bias``)."""
     return {n: p for n, p in layer.named_parameters(recurse=False)}

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from genunc_lightning.adapters.base import require_interface
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter
 
 PARAMETERIZATION = {"eps": "eps", "x0": "x0", "v": "v"}
@@ -50,11 +51,8 @@ class LatentDiffusionAdapter(GaussianDiffusionAdapter):
         steps: int = 50,
         eta: float | None = None,
     ) -> None:
-        for attr in ("apply_model", "alphas_cumprod", "num_timesteps", "parameterization", "decode_first_stage"):
-            if not hasattr(ldm, attr):
-                raise TypeError(
-                    f"{type(ldm).__name__} has no {attr!r}: LatentDiffusionAdapter needs a LatentDiffusion."
-                )
+        interface = ("apply_model", "alphas_cumprod", "num_timesteps", "parameterization", "decode_first_stage")
+        require_interface(ldm, interface, "LatentDiffusionAdapter", "a LatentDiffusion")
         if ldm.parameterization not in PARAMETERIZATION:
             raise ValueError(f"Unsupported parameterization {ldm.parameterization!r}; supported: eps, x0, v.")
         super().__init__(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.base import DiffusionAdapter, require_interface
 
 
 class SGMAdapter(DiffusionAdapter):
@@ -48,9 +48,8 @@ class SGMAdapter(DiffusionAdapter):
         class_key: str = "cls",
         steps: int = 50,
     ) -> None:
-        for attr in ("model", "denoiser", "conditioner", "decode_first_stage", "encode_first_stage", "get_input"):
-            if not hasattr(engine, attr):
-                raise TypeError(f"{type(engine).__name__} has no {attr!r}: SGMAdapter needs an sgm DiffusionEngine.")
+        interface = ("model", "denoiser", "conditioner", "decode_first_stage", "encode_first_stage", "get_input")
+        require_interface(engine, interface, "SGMAdapter", "an sgm DiffusionEngine")
         if not hasattr(engine.denoiser, "sigmas"):
             raise ValueError("SGMAdapter supports denoisers with a discrete sigma schedule (DiscreteDenoiser).")
         super().__init__(engine, last_layer, sample_shape, num_classes, image_range=(-1.0, 1.0))
