@@ -96,7 +96,7 @@ class FisherAccumulationCallback(Callback):
         fisher, offset = {}, 0
         for n in names:
             size = self._diag[n].numel()
-            fisher[n] = flat[offset : offset + size].view_as(self._diag[n].cpu())
+            fisher[n] = flat[offset : offset + size].view(self._diag[n].shape)
             offset += size
         sq_sum, num_residuals, num_examples = flat[offset:].tolist()
         if num_examples == 0:
