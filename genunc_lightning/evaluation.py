@@ -5,6 +5,10 @@ features of the samples and of a reference set, adds the realism and rarity scor
 score column, every rank-sum combination and R random subsets keeps K samples. It computes the
 Fréchet distance, precision and recall of each kept set against the reference set and writes
 ``evaluation.json``, ``evaluation.md`` and plots into the output directory.
+
+Given a classifier, a class-conditional run also gets each kept set's off-class rate (the share of
+samples the classifier puts in another class than the one asked for: the failures a person would
+reject at a glance) and each score's AUROC for telling those samples from the rest.
 """
 
 from __future__ import annotations
@@ -71,18 +75,7 @@ def class_balanced_keep(
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation (average ranks for ties; ±inf ranked as the extremes)."""
-
-    def avg_ranks(x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
-        order = torch.argsort(x, stable=True)
-        ranks = torch.empty_like(x)
-        ranks[order] = torch.arange(len(x), dtype=torch.float64)
-        for value in x.unique()[x.unique(return_counts=True)[1] > 1]:
-            tie = x == value
-            ranks[tie] = ranks[tie].mean()
-        return ranks
-
-    ra, rb = avg_ranks(a), avg_ranks(b)
+    ra, rb = MF.average_ranks(a), MF.average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = (ra.norm() * rb.norm()).item()
     return float((ra @ rb).item() / denom) if denom > 0 else float("nan")
@@ -114,6 +107,8 @@ class Evaluation:
         batch_size: feature-extraction batch.
         device: feature-extraction device.
         seed: seed of the random subsets.
+        classifier: maps samples (like ``feature_extractor``) to class logits, for the off-class
+            rate of class-conditional runs; it should not be the network that scores.
     """
 
     def __init__(
@@ -134,6 +129,7 @@ class Evaluation:
         batch_size: int = 256,
         device: str = "cpu",
         seed: int = 0,
+        classifier: nn.Module | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.reference = reference
@@ -151,6 +147,7 @@ class Evaluation:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.seed = seed
+        self.classifier = classifier
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -178,13 +175,25 @@ class Evaluation:
         return table, shards["sample"][order]
 
     @torch.no_grad()
-    def features(self, samples: torch.Tensor) -> torch.Tensor:
-        """Features [N, D] of samples, in batches."""
-        if self.feature_extractor is None:
+    def features(self, samples: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
+        """Outputs [N, D] of ``network`` (default: the feature extractor) on samples, in batches."""
+        network = network if network is not None else self.feature_extractor
+        if network is None:
             return samples.flatten(1).float()
-        self.feature_extractor.to(self.device).eval()
-        out = [self.feature_extractor(b.to(self.device)).float().cpu() for b in samples.split(self.batch_size)]
+        network.to(self.device).eval()
+        out = [network(b.to(self.device)).float().cpu() for b in samples.split(self.batch_size)]
         return torch.cat(out).flatten(1)
+
+    def off_class(self, samples: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+        """Which samples the classifier puts in another class than asked (``None`` without a classifier)."""
+        if self.classifier is None:
+            return None
+        if (classes < 0).any():
+            raise EvaluationError(
+                f"classifier= needs the class each sample was asked for, but {int((classes < 0).sum())} samples "
+                "of this run are unconditional: drop classifier= or evaluate a class-conditional run."
+            )
+        return self.features(samples, self.classifier).argmax(1) != classes
 
     def reference_samples(self) -> torch.Tensor:
         """The reference data as one tensor, mapped like the model's ``decode``."""
@@ -232,14 +241,23 @@ class Evaluation:
             )
         return k
 
-    def _metrics(self, reference: dict[str, Any], fake: torch.Tensor) -> dict[str, float]:
-        """FID, precision and recall of one kept set; ``reference`` holds what depends on the reference only."""
-        precision, recall = MF.precision_recall(reference["features"], fake, self.k, real_radii=reference["radii"])
-        return {
-            "fid": MF.frechet_distance(*MF.feature_statistics(fake), *reference["statistics"]).item(),
+    def _metrics(
+        self, reference: dict[str, Any], fake: torch.Tensor, idx: torch.Tensor, off: torch.Tensor | None
+    ) -> dict[str, float]:
+        """FID, precision, recall (and the off-class rate) of the kept set ``idx``.
+
+        ``reference`` holds what depends on the reference set only.
+        """
+        kept = fake[idx]
+        precision, recall = MF.precision_recall(reference["features"], kept, self.k, real_radii=reference["radii"])
+        out = {
+            "fid": MF.frechet_distance(*MF.feature_statistics(kept), *reference["statistics"]).item(),
             "precision": precision.item(),
             "recall": recall.item(),
         }
+        if off is not None:
+            out["off_class"] = off[idx].double().mean().item()
+        return out
 
     def methods(self, columns: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Each method's ranking values (lower = keep first), by method name."""
@@ -268,17 +286,20 @@ class Evaluation:
         columns["realism"] = MF.realism_score(real, fake, self.k, real_radii=reference["radii"])
         columns["rarity"] = MF.rarity_score(real, fake, self.k, real_radii=reference["radii"])
         classes = table["class"]
+        off = self.off_class(samples, classes)
+
+        def measure(idx: torch.Tensor) -> dict[str, float]:
+            return self._metrics(reference, fake, idx, off)
+
         ranking = self.methods(columns)
-        results: dict[str, Any] = {"all samples": {**self._metrics(reference, fake), "kept": n}}
+        results: dict[str, Any] = {"all samples": {**measure(torch.arange(n)), "kept": n}}
         for name, (values, higher) in ranking.items():
-            results[name] = {**self._metrics(reference, fake[keep_best(values, kept, higher)]), "kept": kept}
+            results[name] = {**measure(keep_best(values, kept, higher)), "kept": kept}
             if self.class_balanced and (classes >= 0).any():
                 idx = class_balanced_keep(values, classes, kept, higher)
-                results[f"{name} (class-balanced)"] = {**self._metrics(reference, fake[idx]), "kept": kept}
+                results[f"{name} (class-balanced)"] = {**measure(idx), "kept": kept}
         g = torch.Generator().manual_seed(self.seed)
-        randoms = [
-            self._metrics(reference, fake[torch.randperm(n, generator=g)[:kept]]) for _ in range(self.random_subsets)
-        ]
+        randoms = [measure(torch.randperm(n, generator=g)[:kept]) for _ in range(self.random_subsets)]
         if randoms:
             results["random"] = {
                 **{m: float(torch.tensor([r[m] for r in randoms]).mean()) for m in randoms[0]},
@@ -290,7 +311,7 @@ class Evaluation:
             name: [
                 {
                     "fraction": f,
-                    **self._metrics(reference, fake[keep_best(values, max(self.k + 1, round(f * n)), higher)]),
+                    **measure(keep_best(values, max(self.k + 1, round(f * n)), higher)),
                 }
                 for f in self.fractions
             ]
@@ -316,6 +337,12 @@ class Evaluation:
             "spearman": correlations,
             "class_means": class_means,
         }
+        if off is not None:
+            # Higher uncertainty (or rarity) should flag the off-class samples; realism the other way.
+            report["off_class_auroc"] = {
+                name: MF.auroc(-columns[name] if name in HIGHER_IS_BETTER else columns[name], off)
+                for name in score_names
+            }
         self.write(report, samples, columns, ranking)
         return report
 
@@ -350,26 +377,41 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _result_columns(results: dict[str, dict]) -> list[tuple[str, str]]:
+    columns = [("fid", "FID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑")]
+    if any("off_class" in r for r in results.values()):
+        columns.append(("off_class", "off-class ↓"))
+    return columns
+
+
 def result_rows(results: dict[str, dict]) -> list[str]:
-    """Markdown rows ``| method | FID | precision | recall |`` (random: mean ± std)."""
-    rows = []
+    """A Markdown table, header included: a row per kept set (random: mean ± std)."""
+    columns = _result_columns(results)
+    rows = ["| kept by | " + " | ".join(title for _, title in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, r in results.items():
         if name == "random":
-            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m in ("fid", "precision", "recall")]
+            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m, _ in columns]
             name = f"random ({r['subsets']} subsets)"
         else:
-            cells = [f"{r[m]:.4g}" for m in ("fid", "precision", "recall")]
+            cells = [f"{r[m]:.4g}" for m, _ in columns]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
 
+def auroc_rows(aurocs: dict[str, float]) -> list[str]:
+    """A Markdown table of each score's AUROC for telling the off-class samples."""
+    rows = ["| score | AUROC (off-class) |", "|---|---|"]
+    return rows + [f"| {name} | {value:.3f} |" for name, value in aurocs.items()]
+
+
 def markdown_table(report: dict) -> str:
-    """The results as a Markdown table (random: mean ± std)."""
+    """The results as Markdown tables (random: mean ± std)."""
     lines = [
         f"Kept {report['kept']} of {report['samples']} samples; reference set of {report['reference']}; "
         f"k = {report['k']}.",
         "",
-        "| method | FID ↓ | precision ↑ | recall ↑ |",
-        "|---|---|---|---|",
+        *result_rows(report["results"]),
     ]
-    return "\n".join(lines + result_rows(report["results"])) + "\n"
+    if "off_class_auroc" in report:
+        lines += ["", *auroc_rows(report["off_class_auroc"])]
+    return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from genunc_lightning.evaluation import (
     spearman,
 )
 from genunc_lightning.uncertainty import GenerativeUncertaintyModule, ScoredSampleWriter
+from genunc_lightning.uncertainty.writer import read_scores, read_shards
 from tests.test_predict import toy_model
 
 
@@ -53,20 +54,25 @@ def test_spearman_matches_scipy_with_ties():
     assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    adapter, path = toy_model(root, steps=20)
-    module = GenerativeUncertaintyModule(adapter, str(path), num_members=3)
+def predict_run(adapter, posterior, out_dir, num_classes=None):
+    module = GenerativeUncertaintyModule(adapter, posterior, num_members=3)
     trainer = Trainer(
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[ScoredSampleWriter(str(root / "run"))],
+        callbacks=[ScoredSampleWriter(str(out_dir))],
     )
-    trainer.predict(module, datamodule=SeedDataModule(120, 40, seed=0), return_predictions=False)
-    return root / "run"
+    datamodule = SeedDataModule(120, 40, seed=0, num_classes=num_classes)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    adapter, path = toy_model(root, steps=20)
+    return predict_run(adapter, str(path), root / "run")
 
 
 def evaluation(run_dir, **kwargs):
@@ -145,3 +151,56 @@ def test_bad_inputs(run_dir, tmp_path):
     (broken / "scores.csv").write_text("\n".join(lines[:1] + lines[41:]) + "\n")
     with pytest.raises(EvaluationError, match=r"missing 40 of 120 indices \(first: \[0, 1, 2"):
         evaluation(broken).run()
+
+
+class SideOfZero(torch.nn.Module):
+    """A 2D 'classifier': class 1 right of x = 0, class 0 left of it."""
+
+    def forward(self, x):
+        return torch.stack([-x[:, 0], x[:, 0]], dim=1)
+
+
+def test_off_class_rate_and_auroc_with_a_classifier(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from genunc_lightning.adapters import GaussianDiffusionAdapter
+    from genunc_lightning.laplace import DiagonalLaplacePosterior
+    from genunc_lightning.models import MLPDenoiser
+
+    torch.manual_seed(0)
+    model = MLPDenoiser(hidden=32, depth=2, num_classes=2)
+    adapter = GaussianDiffusionAdapter(model, "out", (2,), num_classes=2, sampler="ddim", steps=10)
+    fisher = {name: torch.full_like(p, 50.0) for name, p in model.out.named_parameters()}
+    posterior = DiagonalLaplacePosterior.fit(model.out, "out", fisher, 100, 50.0, 200)
+    run = predict_run(adapter, posterior, tmp_path / "run", num_classes=2)
+
+    report = evaluation(run, classifier=SideOfZero(), class_balanced=True, output_dir=str(tmp_path / "ev")).run()
+    # Independent reference: the classifier's verdicts straight from the shards.
+    shards = read_shards(run, columns=["index", "sample", "class"])
+    order = shards["index"].argsort()
+    off = (shards["sample"][order, 0] > 0).long() != shards["class"][order]
+    table = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert table["results"] == report["results"] and table["off_class_auroc"] == report["off_class_auroc"]
+    assert 0 < off.sum() < 120, "the test needs both kinds of samples"
+    results = report["results"]
+    assert results["all samples"]["off_class"] == pytest.approx(off.double().mean().item(), abs=1e-12)
+    scores = read_scores(run)
+    order = scores["index"].long()
+    pixel = torch.empty(120, dtype=torch.float64)
+    pixel[order] = scores["pixel"].double()
+    kept = pixel.argsort(stable=True)[:60]
+    assert results["pixel"]["off_class"] == pytest.approx(off[kept].double().mean().item(), abs=1e-12)
+    assert report["off_class_auroc"]["pixel"] == pytest.approx(roc_auc_score(off.numpy(), pixel.numpy()), abs=1e-12)
+    assert "off_class" in results["random"] and "off_class_std" in results["random"]
+    assert "off_class" in results["pixel (class-balanced)"]
+    assert "| off-class ↓ |" in (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "AUROC (off-class)" in (tmp_path / "ev" / "evaluation.md").read_text()
+    # An unconditional run has no class to compare with: a clear error, before anything is written.
+    with pytest.raises(EvaluationError, match="120 samples of this run are unconditional"):
+        evaluation(run_dir_unconditional(tmp_path), classifier=SideOfZero(), output_dir=str(tmp_path / "u")).run()
+    assert not (tmp_path / "u").exists()
+
+
+def run_dir_unconditional(tmp_path):
+    adapter, path = toy_model(tmp_path, steps=5)
+    return predict_run(adapter, str(path), tmp_path / "uncond")

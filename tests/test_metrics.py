@@ -19,6 +19,7 @@ from genunc_lightning.metrics import (
     rarity_score,
     realism_score,
 )
+from genunc_lightning.metrics.functional import auroc, average_ranks
 
 
 def feature_sets(n_real=300, n_fake=200, d=16, seed=0):
@@ -173,3 +174,20 @@ def test_each_metric_gives_the_same_value_from_two_ddp_processes(tmp_path):
     assert two["pr"]["recall"].item() == pytest.approx(r.item(), abs=1e-6)
     torch.testing.assert_close(two["realism"], realism_score(real_order, fake[order]))
     torch.testing.assert_close(two["rarity"], rarity_score(real, fake)[order])
+
+
+def test_auroc_and_average_ranks_match_scipy_and_sklearn_with_ties():
+    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (300,), generator=g).double()  # many ties
+    scores[:3] = torch.tensor([float("inf"), -float("inf"), float("inf")])
+    labels = torch.rand(300, generator=g) < 0.2
+    np.testing.assert_allclose(average_ranks(scores).numpy(), rankdata(scores.numpy()) - 1, rtol=0, atol=1e-12)
+    finite = torch.isfinite(scores)
+    assert auroc(scores[finite], labels[finite]) == pytest.approx(
+        roc_auc_score(labels[finite].numpy(), scores[finite].numpy()), abs=1e-12
+    )
+    assert auroc(labels.double(), labels) == 1.0 and auroc(-labels.double(), labels) == 0.0
+    assert np.isnan(auroc(scores, torch.zeros(300, dtype=torch.bool)))

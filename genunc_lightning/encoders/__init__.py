@@ -300,7 +300,17 @@ class DigitsFeatureEncoder(FeatureExtractor):
         return self.net.features(images)
 
 
+class DigitsClassifier(DigitsFeatureEncoder):
+    """The same shipped digits classifiers, returning class logits (for `genunc evaluate`'s off-class rate)."""
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits [N, 10] of [N, 1, 8, 8] images in [0, 1]."""
+        return self.net(images)
+
+
 __all__ = [
+    "DigitsClassifier",
     "DigitsFeatureEncoder",
     "CLIP_MEAN",
     "CLIP_STD",

@@ -177,3 +177,30 @@ def rarity_score(
     """
     check_pair(real, fake, k)
     return _scan_balls(fake, real, _real_radii(real, k, chunk, real_radii), chunk, "rarity")
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0 … N − 1 in float64, tied values sharing their mean rank (±inf ranked as the extremes)."""
+    x = values.double()
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    unique, counts = x.unique(return_counts=True)
+    for value in unique[counts > 1]:
+        tie = x == value
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for telling ``positives`` (higher = more likely positive).
+
+    The Mann–Whitney statistic: the chance that a random positive scores above a random negative, a
+    tie counting one half. NaN when either group is empty.
+    """
+    positives = positives.bool()
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum = average_ranks(scores)[positives].sum().item() + n_pos  # 1-based ranks
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
