@@ -11,6 +11,13 @@ from lightning.pytorch import LightningModule
 from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
 
 
+def ema_decay_at(step: int, decay: float, warmup_power: float | None = None) -> float:
+    """The EMA decay after ``step`` optimiser steps (``step`` ≥ 1), with k-diffusion's optional warm-up."""
+    if warmup_power is None:
+        return decay
+    return min(decay, 1.0 - (1.0 + step) ** -warmup_power)
+
+
 class DiffusionTrainingModule(LightningModule):
     """Trains ``adapter.denoiser`` on the adapter's own loss, with an optional EMA copy.
 
@@ -23,6 +30,9 @@ class DiffusionTrainingModule(LightningModule):
         weight_decay: AdamW weight decay.
         ema_decay: exponential moving average of the weights, or ``None``.
         warmup_steps: linear learning-rate warm-up.
+        ema_warmup_power: k-diffusion's EMA warm-up: the decay at optimiser step t is
+            ``min(ema_decay, 1 − (1 + t)^−power)``, so a short run's average forgets its random
+            initialisation (3/4 reaches 0.999 after 10K steps). ``None`` keeps ``ema_decay`` throughout.
     """
 
     def __init__(
@@ -32,6 +42,7 @@ class DiffusionTrainingModule(LightningModule):
         weight_decay: float = 0.0,
         ema_decay: float | None = None,
         warmup_steps: int = 0,
+        ema_warmup_power: float | None = None,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -39,6 +50,7 @@ class DiffusionTrainingModule(LightningModule):
         self.weight_decay = weight_decay
         self.ema_decay = ema_decay
         self.warmup_steps = warmup_steps
+        self.ema_warmup_power = ema_warmup_power
         self.ema = copy.deepcopy(adapter.denoiser).requires_grad_(False) if ema_decay else None
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -52,9 +64,10 @@ class DiffusionTrainingModule(LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Updates the EMA weights."""
         if self.ema is not None:
+            decay = ema_decay_at(self.global_step, self.ema_decay, self.ema_warmup_power)
             with torch.no_grad():
                 for e, p in zip(self.ema.parameters(), self.adapter.denoiser.parameters(), strict=True):
-                    e.lerp_(p, 1.0 - self.ema_decay)
+                    e.lerp_(p, 1.0 - decay)
 
     def configure_optimizers(self) -> Any:
         """AdamW with an optional linear warm-up."""
