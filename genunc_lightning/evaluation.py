@@ -8,7 +8,9 @@ Fréchet distance, precision and recall of each kept set against the reference s
 
 Given a classifier, a class-conditional run also gets each kept set's off-class rate (the share of
 samples the classifier puts in another class than the one asked for: the failures a person would
-reject at a glance) and each score's AUROC for telling those samples from the rest.
+reject at a glance), each score's AUROC for telling those samples from the rest, and an oracle row:
+random kept sets that drop every off-class sample first, i.e. what a perfect detector of those
+failures would give.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from genunc_lightning.metrics import functional as MF
 from genunc_lightning.uncertainty.writer import MANIFEST, read_scores, read_shards
 
 HIGHER_IS_BETTER = {"realism"}  # every other column: lower is better (uncertainty, rarity)
+ORACLE = "oracle: on-class first"  # given a classifier: random kept sets that drop off-class samples first
 
 
 class EvaluationError(ValueError):
@@ -71,6 +74,13 @@ def class_balanced_keep(
         members = (classes == label).nonzero().flatten()
         kept.append(members[keep_best(values[members], n, higher_is_better)])
     return torch.cat(kept)
+
+
+def mean_and_std(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean and (as ``<metric>_std``) standard deviation over repeated kept sets."""
+    values = {m: torch.tensor([r[m] for r in runs], dtype=torch.float64) for m in runs[0]}
+    means = {m: float(v.mean()) for m, v in values.items()}
+    return {**means, **{f"{m}_std": float(v.std()) for m, v in values.items()}, "subsets": len(runs)}
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -299,14 +309,17 @@ class Evaluation:
                 idx = class_balanced_keep(values, classes, kept, higher)
                 results[f"{name} (class-balanced)"] = {**measure(idx), "kept": kept}
         g = torch.Generator().manual_seed(self.seed)
-        randoms = [measure(torch.randperm(n, generator=g)[:kept]) for _ in range(self.random_subsets)]
-        if randoms:
-            results["random"] = {
-                **{m: float(torch.tensor([r[m] for r in randoms]).mean()) for m in randoms[0]},
-                **{f"{m}_std": float(torch.tensor([r[m] for r in randoms]).std()) for m in randoms[0]},
-                "kept": kept,
-                "subsets": len(randoms),
-            }
+        if self.random_subsets:
+            randoms = [measure(torch.randperm(n, generator=g)[:kept]) for _ in range(self.random_subsets)]
+            results["random"] = {**mean_and_std(randoms), "kept": kept}
+        if off is not None and self.random_subsets:
+            # What a perfect failure detector would keep: every on-class sample before any off-class one.
+            on_class, off_class = (~off).nonzero().flatten(), off.nonzero().flatten()
+            oracles = [
+                measure(torch.cat([s[torch.randperm(len(s), generator=g)] for s in (on_class, off_class)])[:kept])
+                for _ in range(self.random_subsets)
+            ]
+            results[ORACLE] = {**mean_and_std(oracles), "kept": kept}
         sweep = {
             name: [
                 {
@@ -385,13 +398,13 @@ def _result_columns(results: dict[str, dict]) -> list[tuple[str, str]]:
 
 
 def result_rows(results: dict[str, dict]) -> list[str]:
-    """A Markdown table, header included: a row per kept set (random: mean ± std)."""
+    """A Markdown table, header included: a row per kept set (repeated random sets: mean ± std)."""
     columns = _result_columns(results)
     rows = ["| kept by | " + " | ".join(title for _, title in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, r in results.items():
-        if name == "random":
+        if "subsets" in r:
             cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m, _ in columns]
-            name = f"random ({r['subsets']} subsets)"
+            name = f"{name} ({r['subsets']} subsets)"
         else:
             cells = [f"{r[m]:.4g}" for m, _ in columns]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -192,9 +192,14 @@ def test_off_class_rate_and_auroc_with_a_classifier(tmp_path):
     assert results["pixel"]["off_class"] == pytest.approx(off[kept].double().mean().item(), abs=1e-12)
     assert report["off_class_auroc"]["pixel"] == pytest.approx(roc_auc_score(off.numpy(), pixel.numpy()), abs=1e-12)
     assert "off_class" in results["random"] and "off_class_std" in results["random"]
+    # The oracle keeps on-class samples first: off-class only for the places the on-class ones cannot fill.
+    oracle = results["oracle: on-class first"]
+    assert oracle["off_class"] == pytest.approx(max(0, 60 - int((~off).sum())) / 60, abs=1e-12)
+    assert oracle["subsets"] == 3 and oracle["off_class_std"] == pytest.approx(0.0, abs=1e-12)
     assert "off_class" in results["pixel (class-balanced)"]
-    assert "| off-class ↓ |" in (tmp_path / "ev" / "evaluation.md").read_text()
-    assert "AUROC (off-class)" in (tmp_path / "ev" / "evaluation.md").read_text()
+    table_md = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "| off-class ↓ |" in table_md and "AUROC (off-class)" in table_md
+    assert "| oracle: on-class first (3 subsets) |" in table_md
     # An unconditional run has no class to compare with: a clear error, before anything is written.
     with pytest.raises(EvaluationError, match="120 samples of this run are unconditional"):
         evaluation(run_dir_unconditional(tmp_path), classifier=SideOfZero(), output_dir=str(tmp_path / "u")).run()
