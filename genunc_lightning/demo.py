@@ -174,7 +174,7 @@ def run_digits(out: Path, sizes: DemoSizes) -> dict:
     """The main experiment in miniature, the cost sweep and the posterior-scale sweep."""
     from genunc_lightning.adapters import GaussianDiffusionAdapter
     from genunc_lightning.data import DigitsDataset
-    from genunc_lightning.encoders import DigitsFeatureEncoder
+    from genunc_lightning.encoders import DigitsClassifier, DigitsFeatureEncoder
     from genunc_lightning.evaluation import Evaluation
     from genunc_lightning.models import SmallUNet
     from genunc_lightning.uncertainty import AleatoricUncertainty, BayesDiff, PixelLikelihood, SemanticLikelihood
@@ -187,12 +187,13 @@ def run_digits(out: Path, sizes: DemoSizes) -> dict:
     )  # fmt: skip
     data = DigitsDataset()
     posterior = fit_posterior(adapter, data)
-    scorer, evaluator = DigitsFeatureEncoder("cnn"), DigitsFeatureEncoder("mlp")
+    scorer, evaluator, classifier = DigitsFeatureEncoder("cnn"), DigitsFeatureEncoder("mlp"), DigitsClassifier("mlp")
     common = dict(num_samples=sizes.digits_samples, batch_size=sizes.digits_samples, num_classes=10)
 
     def evaluate(run_dir: Path, **kwargs: Any) -> dict:
         return Evaluation(str(run_dir), data, feature_extractor=evaluator, reference_range=(-1.0, 1.0),
-                          keep=sizes.digits_keep, random_subsets=sizes.random_subsets, **kwargs).run()  # fmt: skip
+                          keep=sizes.digits_keep, random_subsets=sizes.random_subsets, classifier=classifier,
+                          **kwargs).run()  # fmt: skip
 
     print("  digits: ours, pixel-space, BayesDiff and AU on the same samples", flush=True)
     main_dir = out / "digits" / "main"
@@ -219,7 +220,8 @@ def run_digits(out: Path, sizes: DemoSizes) -> dict:
         scale[name] = {**_semantic_only(evaluate, run_dir), "sigma": post.sigma,
                        "prior_precision": post.prior_precision, "temperature": post.temperature}  # fmt: skip
     return {"posterior": posterior.summary(), "main": main["results"], "spearman": main["spearman"],
-            "cost_sweep": cost, "scale_sweep": scale, "kept": main["kept"], "samples": main["samples"]}  # fmt: skip
+            "cost_sweep": cost, "scale_sweep": scale, "kept": main["kept"], "samples": main["samples"],
+            "off_class_auroc": main["off_class_auroc"]}  # fmt: skip
 
 
 def check_claims(report: dict) -> list[dict]:
@@ -259,9 +261,16 @@ def _semantic_only(evaluate: Any, run_dir: Path) -> dict:
 # --- the report ---------------------------------------------------------------------------------
 
 
+METRICS = ("fid", "precision", "recall", "off_class")
+
+
+def _cells(row: dict, keys: Sequence[str]) -> str:
+    return " | ".join(f"{row[k]:.3g}" for k in keys)
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown: every number here is also in report.json."""
-    from genunc_lightning.evaluation import result_rows
+    from genunc_lightning.evaluation import auroc_rows, result_rows
 
     lines = ["## Claims checked", "", "| claim | measured | holds |", "|---|---|---|"]
     for c in check_claims(report):
@@ -282,17 +291,17 @@ def markdown(report: dict) -> str:
     digits = report.get("digits")
     if digits:
         lines += [f"## Digits: {digits['samples']} samples, keep {digits['kept']}", "",
-                  "| kept by | FID ↓ | precision ↑ | recall ↑ |", "|---|---|---|---|"]  # fmt: skip
-        lines += result_rows(digits["main"])
-        lines += ["", "### Cost sweep (ours, semantic)", "", "| members and steps | FID | precision | recall |",
-                  "|---|---|---|---|"]  # fmt: skip
+                  "Off-class: the share the evaluator classifier puts in another class than the one asked for.",
+                  "", *result_rows(digits["main"]), "", "### Which scores find the off-class samples", "",
+                  *auroc_rows(digits["off_class_auroc"]), "", "### Cost sweep (ours, semantic)", "",
+                  "| members and steps | FID | precision | recall | off-class |", "|---|---|---|---|---|"]  # fmt: skip
         for name, r in digits["cost_sweep"].items():
-            lines.append(f"| {name} | {r['fid']:.3g} | {r['precision']:.3g} | {r['recall']:.3g} |")
+            lines.append(f"| {name} | {_cells(r, METRICS)} |")
         lines += ["", "### Posterior scale (ours, semantic)", "",
-                  "| posterior | sigma | lambda | FID | precision | recall |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| posterior | sigma | lambda | FID | precision | recall | off-class |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in digits["scale_sweep"].items():
-            lines.append(f"| {name} | {r['sigma']:.3g} | {r['prior_precision']:.3g} | {r['fid']:.3g} | "
-                         f"{r['precision']:.3g} | {r['recall']:.3g} |")  # fmt: skip
+            lines.append(f"| {name} | {_cells(r, ('sigma', 'prior_precision', *METRICS))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,11 +27,13 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
                 "random"}  # fmt: skip
     assert expected <= set(digits["main"])
     assert any(k.endswith("(class-balanced)") for k in digits["main"])
+    assert all("off_class" in r for r in digits["main"].values())
+    assert set(digits["off_class_auroc"]) == {"semantic", "pixel", "bayesdiff", "au", "realism", "rarity"}
     assert set(digits["cost_sweep"]) == {"M=5, T'=T", "M=1, T'=T", "M=1, T'=T/5", "M=5, T'=T/5"}
     assert len(digits["scale_sweep"]) == 6 and "paper: sigma = lambda = 1" in digits["scale_sweep"]
     assert len(on_disk["claims"]) == 4 and all(set(c) == {"claim", "measured", "holds"} for c in on_disk["claims"])
     text = (out / "report.md").read_text()
-    assert "## Claims checked" in text
+    assert "## Claims checked" in text and "AUROC (off-class)" in text and "off-class ↓" in text
     for name in list(toy) + list(digits["cost_sweep"]) + list(digits["scale_sweep"]):
         assert name in text
     for figure in ("toy_figure2.png", "digits/main/evaluation/metrics_vs_fraction.png"):
