@@ -102,7 +102,7 @@ def scored_run(
 
     module = GenerativeUncertaintyModule(adapter, posterior, likelihoods, **module_kwargs)
     start = time.perf_counter()
-    _trainer(callbacks=[ScoredSampleWriter(str(out_dir))]).predict(
+    _trainer(callbacks=[ScoredSampleWriter(str(out_dir), replace_other_run=True)]).predict(
         module, datamodule=SeedDataModule(num_samples, batch_size, seed=0, num_classes=num_classes),
         return_predictions=False,
     )  # fmt: skip

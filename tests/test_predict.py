@@ -1,5 +1,6 @@
 """Scored sampling: scores, Trainer.predict under DDP, the writer, resume after SIGKILL, bad input."""
 
+import json
 import math
 import os
 import signal
@@ -41,9 +42,9 @@ def toy_model(tmp_path, hidden=32, seed=0, steps=8):
     return adapter, path
 
 
-def predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices=1, **module_kwargs):
+def predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices=1, replace=False, **module_kwargs):
     module = GenerativeUncertaintyModule(adapter, str(posterior), **module_kwargs)
-    writer = ScoredSampleWriter(str(out_dir))
+    writer = ScoredSampleWriter(str(out_dir), replace_other_run=replace)
     kwargs = dict(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False)
     if devices > 1:
         kwargs["strategy"] = "ddp_spawn"
@@ -132,10 +133,17 @@ def test_writer_refuses_another_configuration(tmp_path):
     predict(adapter, path, tmp_path / "run", num_members=2)
     with pytest.raises(RunDirectoryError, match="another configuration.*num_members"):
         predict(adapter, path, tmp_path / "run", num_members=3)
+    # Asked to, the writer replaces the other run: the result equals a run into a fresh directory.
+    replaced = predict(adapter, path, tmp_path / "run", num_members=3, replace=True)
+    fresh = predict(adapter, path, tmp_path / "fresh", num_members=3)
+    assert all(torch.equal(replaced[k], fresh[k]) for k in fresh)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]["module"]["num_members"] == 3
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("x")
-    with pytest.raises(RunDirectoryError, match="not a predict run directory"):
-        predict(adapter, path, tmp_path / "junk")
+    for replace in (False, True):  # a directory that is not a predict run is never deleted
+        with pytest.raises(RunDirectoryError, match="not a predict run directory"):
+            predict(adapter, path, tmp_path / "junk", replace=replace)
+    assert (tmp_path / "junk" / "file.txt").is_file()
 
 
 def test_truncated_shard_is_detected_and_recomputed(tmp_path):

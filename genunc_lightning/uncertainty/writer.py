@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,13 +107,22 @@ class ScoredSampleWriter(BasePredictionWriter):
         output_dir: the run directory.
         save_samples: keep the decoded kept samples in the shards (needed by `genunc evaluate`).
         save_png: also write one PNG per image sample.
+        replace_other_run: delete a run of another configuration found in ``output_dir`` and start
+            afresh, instead of refusing (for directories a program owns, like the demo's).
     """
 
-    def __init__(self, output_dir: str = "runs/predict", save_samples: bool = True, save_png: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: str = "runs/predict",
+        save_samples: bool = True,
+        save_png: bool = False,
+        replace_other_run: bool = False,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.save_samples = save_samples
         self.save_png = save_png
+        self.replace_other_run = replace_other_run
         self._warned_png = False
 
     # -- before sampling -------------------------------------------------------------------
@@ -128,6 +138,7 @@ class ScoredSampleWriter(BasePredictionWriter):
         }
         identity = json.loads(json.dumps(identity, default=str))
         manifest_path = self.output_dir / MANIFEST
+        other_run = ""
         if manifest_path.is_file():
             try:
                 previous = json.loads(manifest_path.read_text())
@@ -139,16 +150,20 @@ class ScoredSampleWriter(BasePredictionWriter):
                     for k in set(previous.get("identity", {}).get("module", {})) | set(identity["module"])
                     if previous.get("identity", {}).get("module", {}).get(k) != identity["module"].get(k)
                 )
-                raise RunDirectoryError(
-                    f"{self.output_dir} holds results of another configuration (differs in: "
-                    f"{', '.join(diff) or 'data or writer settings'}). Choose a new output_dir, or delete it."
+                other_run = f"{self.output_dir} holds results of another configuration (differs in: " + (
+                    f"{', '.join(diff) or 'data or writer settings'})."
                 )
+                if not self.replace_other_run:
+                    raise RunDirectoryError(f"{other_run} Choose a new output_dir, or delete it.")
         elif self.output_dir.exists() and any(self.output_dir.iterdir()):
             raise RunDirectoryError(
                 f"{self.output_dir} is not empty and has no {MANIFEST}: it is not a predict run directory."
             )
         trainer.strategy.barrier()  # every rank has read the old manifest before rank 0 changes anything
         if trainer.is_global_zero:
+            if other_run:
+                rank_zero_info(f"{other_run} Replacing it (replace_other_run=True).")
+                shutil.rmtree(self.output_dir)
             read_shards(self.output_dir, remove_invalid=True, columns=["index"])
         trainer.strategy.barrier()
         done = read_shards(self.output_dir, columns=["index"]).get("index")  # the same view on every rank
