@@ -186,3 +186,26 @@ def test_dopri5_samples_match_across_batch_sizes_up_to_the_solver_tolerance():
     seeds = torch.arange(8)
     eight = adapter.sample(seeds)
     torch.testing.assert_close(adapter.sample(seeds[2:3])[0], eight[2], rtol=1e-3, atol=1e-3)
+
+
+class TimeOnlyDenoiser(nn.Module):
+    """An unconditional denoiser whose forward takes (x, t) and nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x, t):
+        return self.out(torch.cat([x, t[:, None].float() / 1000], dim=1))
+
+
+@pytest.mark.parametrize("family", ["gaussian", "flow"])
+def test_an_unconditional_model_ignores_the_labels_of_image_label_batches(family):
+    denoiser = TimeOnlyDenoiser()
+    if family == "gaussian":
+        adapter = GaussianDiffusionAdapter(denoiser, "out", (2,))
+    else:
+        adapter = FlowMatchingAdapter(denoiser, "out", (2,))
+    x, y, seeds = torch.randn(6, 2), torch.arange(6), torch.arange(6)
+    torch.testing.assert_close(adapter.residual((x, y), seeds), adapter.residual(x, seeds), rtol=0, atol=0)
+    torch.testing.assert_close(adapter.residual({"image": x, "label": y}, seeds), adapter.residual(x, seeds))

@@ -316,6 +316,14 @@ class DiffusionAdapter(nn.Module):
                 settings[key] = list(value) if isinstance(value, tuple) else value
         return {"class": type(self).__name__, "settings": settings, "fingerprint": module_fingerprint(self)}
 
+    def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(data, class labels) of a training batch; an unconditional model drops the labels.
+
+        So an ``(image, label)`` dataset such as torchvision's ``ImageFolder`` serves either kind of model.
+        """
+        x, y = unpack_batch(batch)
+        return x, (y if self.num_classes is not None else None)
+
     def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Calls the denoiser; override for models with another signature."""
         return self.denoiser(x, t) if y is None else self.denoiser(x, t, y)

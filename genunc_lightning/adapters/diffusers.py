@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
+from genunc_lightning.adapters.base import DiffusionAdapter
 
 SUPPORTED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
 DEFAULT_LAST_LAYER = {
@@ -110,7 +110,7 @@ class DiffusersAdapter(DiffusionAdapter):
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Prediction − target at a per-example training timestep and Gaussian noise."""
-        x, y = unpack_batch(batch)
+        x, y = self.unpack(batch)
         x0 = self.encode(x)
         gens = seeding.generators(seeds, x0.device)
         t = seeding.randint(gens, self.scheduler.config.num_train_timesteps, x0.device)

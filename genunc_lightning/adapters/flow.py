@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
+from genunc_lightning.adapters.base import DiffusionAdapter
 
 
 class FlowSampler(str, Enum):
@@ -73,7 +73,7 @@ class FlowMatchingAdapter(DiffusionAdapter):
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Velocity prediction − (x − ε) at a per-example uniform t and Gaussian ε."""
-        x1, y = unpack_batch(batch)
+        x1, y = self.unpack(batch)
         x1 = self.encode(x1)
         gens = seeding.generators(seeds, x1.device)
         t = seeding.rand(gens, x1.device, x1.dtype)

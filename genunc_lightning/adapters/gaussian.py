@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
+from genunc_lightning.adapters.base import DiffusionAdapter
 
 
 class Prediction(str, Enum):
@@ -134,7 +134,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
 
     def training_data(self, batch: Any) -> tuple[torch.Tensor, Any]:
         """(clean data in the model's space, conditioning) of a training batch."""
-        x0, y = unpack_batch(batch)
+        x0, y = self.unpack(batch)
         return self.encode(x0), y
 
     def predict_conditioned(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
