@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from genunc_lightning.adapters.base import unpack_batch
+from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.io import atomic_path, write_text_atomic
 from genunc_lightning.metrics import functional as MF
 from genunc_lightning.uncertainty.writer import MANIFEST, read_scores, read_shards
@@ -127,7 +128,7 @@ class Evaluation:
         reference: Dataset,
         feature_extractor: nn.Module | None = None,
         reference_range: tuple[float, float] | None = None,
-        keep: float | int = 0.8333333333333334,
+        keep: int | float = 0.8333333333333334,
         scores: list[str] | None = None,
         combinations: list[list[str]] | None = None,
         class_balanced: bool = False,
@@ -235,12 +236,10 @@ class Evaluation:
     # -- the run ---------------------------------------------------------------------------
 
     def _kept_count(self, n: int) -> int:
-        if isinstance(self.keep, float) and not isinstance(self.keep, bool):
-            if not 0 < self.keep <= 1:
-                raise EvaluationError(f"keep fraction {self.keep} is outside (0, 1].")
-            k = round(self.keep * n)
-        else:
-            k = int(self.keep)
+        try:
+            k = fraction_or_count(self.keep, n, "keep")
+        except ValueError as err:
+            raise EvaluationError(str(err)) from err
         if k > n:
             raise EvaluationError(f"keep K = {k} exceeds the {n} samples of the run: lower keep or generate more.")
         if k < 1:

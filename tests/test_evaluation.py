@@ -117,6 +117,14 @@ def test_cli_evaluate(run_dir, tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| pixel |" in res.stdout and (tmp_path / "out" / "evaluation.json").is_file()
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["kept"] == 60  # half of 120
+    # A count, as configs/digits/evaluate.yaml gives it (it once reached the evaluation as 1000.0).
+    text = cfg.read_text().replace("keep: 0.5", "keep: 70")
+    cfg.write_text(text.replace(f"output_dir: {tmp_path / 'out'}", f"output_dir: {tmp_path / 'out70'}"))
+    res = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "evaluate", "--config", str(cfg)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "out70" / "evaluation.json").read_text())["kept"] == 70
 
 
 class NaNAt3(torch.nn.Module):

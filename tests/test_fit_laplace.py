@@ -47,6 +47,16 @@ def test_predict_loop_equals_a_direct_sum_and_ignores_batch_size():
     assert small.info["num_residuals"] == 100 * 2 * 2
 
 
+def test_subset_is_a_fraction_or_a_count_even_when_a_parser_made_it_a_float():
+    assert torch.equal(subset_indices(300, 100.0, 3), subset_indices(300, 100, 3))  # YAML may give 100.0
+    assert len(subset_indices(300, 0.5)) == 150 and len(subset_indices(300, 1e-6)) == 1
+    assert torch.equal(subset_indices(300, 1.0), torch.arange(300))
+    for bad, message in [(2.5, "outside \\(0, 1\\]"), (0.0, "outside \\(0, 1\\]"), (301, "outside \\[1, 300\\]"),
+                         (True, "fraction in"), ("10", "fraction in")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            subset_indices(300, bad)
+
+
 def test_two_ddp_processes_equal_one(tmp_path):
     data = GaussianGrid2D(num_points=203, seed=2)  # uneven split across ranks
     one = run_fit(make_module(), DiffusionDataModule(data, batch_size=16, subset=0.5), output=tmp_path / "one.st")

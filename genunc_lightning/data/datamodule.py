@@ -9,7 +9,29 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 
-def subset_indices(dataset_size: int, subset: float | int, seed: int = 0) -> torch.Tensor:
+def fraction_or_count(value: int | float, total: int, name: str) -> int:
+    """How many of ``total``: ``value`` is a fraction in (0, 1] (a float) or a count (an int).
+
+    A whole float above 1 counts as a count: config parsers may deliver ``1000`` as ``1000.0``. The
+    caller checks the count's bounds.
+
+    Raises:
+        ValueError: not a number, or a fraction outside (0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a fraction in (0, 1] or a count, got {value!r}.")
+    if isinstance(value, float) and value > 1 and value.is_integer():
+        value = int(value)
+    if isinstance(value, float):
+        if not 0.0 < value <= 1.0:
+            raise ValueError(
+                f"{name} fraction {value} is outside (0, 1]: pass a fraction such as 0.01, or a whole count."
+            )
+        return round(value * total)
+    return value
+
+
+def subset_indices(dataset_size: int, subset: int | float, seed: int = 0) -> torch.Tensor:
     """Indices of a random training subset, sorted.
 
     Args:
@@ -20,19 +42,11 @@ def subset_indices(dataset_size: int, subset: float | int, seed: int = 0) -> tor
     Raises:
         ValueError: the fraction is outside (0, 1] or the count outside [1, N].
     """
-    if isinstance(subset, bool) or not isinstance(subset, (int, float)):
-        raise ValueError(f"subset must be a fraction in (0, 1] or a count, got {subset!r}.")
-    if isinstance(subset, float):
-        if not 0.0 < subset <= 1.0:
-            raise ValueError(
-                f"subset fraction {subset} is outside (0, 1]: pass a fraction such as 0.01, "
-                "or a whole count of examples."
-            )
-        count = max(1, round(subset * dataset_size))
-    else:
-        if not 1 <= subset <= dataset_size:
-            raise ValueError(f"subset count {subset} is outside [1, {dataset_size}], the dataset's size.")
-        count = subset
+    count = fraction_or_count(subset, dataset_size, "subset")
+    if isinstance(subset, float) and subset <= 1.0:
+        count = max(1, count)  # a tiny fraction still takes one example
+    elif not 1 <= count <= dataset_size:
+        raise ValueError(f"subset count {count} is outside [1, {dataset_size}], the dataset's size.")
     if count == dataset_size:
         return torch.arange(dataset_size)
     g = torch.Generator().manual_seed(seed)
@@ -69,7 +83,7 @@ class DiffusionDataModule(LightningDataModule):
         self,
         dataset: Dataset,
         batch_size: int = 256,
-        subset: float | int = 1.0,
+        subset: int | float = 1.0,
         subset_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
