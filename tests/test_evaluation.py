@@ -217,3 +217,19 @@ def test_off_class_rate_and_auroc_with_a_classifier(tmp_path):
 def run_dir_unconditional(tmp_path):
     adapter, path = toy_model(tmp_path, steps=5)
     return predict_run(adapter, str(path), tmp_path / "uncond")
+
+
+def test_reference_cache_tells_plain_modules_of_one_class_apart(run_dir, tmp_path):
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)  # one class, other weights
+    cache = tmp_path / "cache"
+
+    def all_samples(extractor, cache_dir, name):
+        report = evaluation(run_dir, feature_extractor=extractor, cache_dir=cache_dir, fractions=[1.0],
+                            random_subsets=0, output_dir=str(tmp_path / name)).run()  # fmt: skip
+        return report["results"]["all samples"]
+
+    all_samples(first, str(cache), "a")
+    cached = all_samples(second, str(cache), "b")
+    assert len(list(cache.iterdir())) == 2, "the second module must not reuse the first one's features"
+    assert cached == all_samples(second, None, "c")

@@ -128,6 +128,13 @@ def test_scores_do_not_depend_on_batch_size_or_world_size(tmp_path):
     assert one["pixel"].std() > 0
 
 
+def test_a_plain_encoder_is_identified_by_its_weights():
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    ident = [SemanticLikelihood(m).identity() for m in (first, second, first)]
+    assert ident[0] != ident[1] and ident[0] == ident[2]
+
+
 def test_writer_refuses_another_configuration(tmp_path):
     adapter, path = toy_model(tmp_path)
     predict(adapter, path, tmp_path / "run", num_members=2)

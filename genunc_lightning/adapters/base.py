@@ -157,6 +157,19 @@ def module_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def module_identity(module: nn.Module | None) -> dict[str, Any]:
+    """What identifies a network in run manifests and feature caches.
+
+    Its own ``identity()`` when it has one, else its class and a fingerprint of its weights, so two
+    modules of one class with other weights never pass for each other.
+    """
+    if module is None:
+        return {"class": None}
+    if hasattr(module, "identity"):
+        return module.identity()
+    return {"class": type(module).__name__, "fingerprint": module_fingerprint(module)}
+
+
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Splits a training batch into (data, class labels or None).
 

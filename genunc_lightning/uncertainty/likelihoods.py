@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genunc_lightning.adapters.base import module_identity
 from genunc_lightning.uncertainty.scores import generative_uncertainty, member_variance
 
 
@@ -58,9 +59,9 @@ class SemanticLikelihood(Likelihood):
         return self.encoder(samples).flatten(1)
 
     def identity(self) -> dict:
-        """Includes the encoder's own identity when it has one."""
+        """Includes the encoder's identity (its weights' fingerprint for a plain module)."""
         ident = super().identity()
-        ident["encoder"] = getattr(self.encoder, "identity", lambda: {"class": type(self.encoder).__name__})()
+        ident["encoder"] = module_identity(self.encoder)
         return ident
 
 
