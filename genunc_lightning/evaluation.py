@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from genunc_lightning.adapters.base import module_identity, unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
+from genunc_lightning.data.predict import missing_indices
 from genunc_lightning.io import atomic_path, write_text_atomic
 from genunc_lightning.metrics import functional as MF
 from genunc_lightning.uncertainty.writer import MANIFEST, read_scores, read_shards
@@ -171,8 +172,7 @@ class Evaluation:
         table = read_scores(self.run_dir)
         expected = manifest.get("num_samples")
         if expected is not None:
-            present = set(table["index"].tolist())
-            missing = [i for i in range(expected) if i not in present]
+            missing = missing_indices(table["index"], expected)
             if missing:
                 raise EvaluationError(
                     f"{self.run_dir} is missing {len(missing)} of {expected} indices (first: {missing[:10]}): "

@@ -15,6 +15,7 @@ from lightning.pytorch import Trainer
 
 from genunc_lightning.adapters import GaussianDiffusionAdapter
 from genunc_lightning.data import SeedDataModule
+from genunc_lightning.data.predict import missing_indices
 from genunc_lightning.laplace import DiagonalLaplacePosterior, PosteriorMismatchError, fisher_batch
 from genunc_lightning.models import MLPDenoiser
 from genunc_lightning.seeding import example_seeds
@@ -151,6 +152,17 @@ def test_writer_refuses_another_configuration(tmp_path):
         with pytest.raises(RunDirectoryError, match="not a predict run directory"):
             predict(adapter, path, tmp_path / "junk", replace=replace)
     assert (tmp_path / "junk" / "file.txt").is_file()
+
+
+def test_table_reads_leave_the_samples_on_disk_and_missing_indices_are_exact(tmp_path):
+    adapter, path = toy_model(tmp_path)
+    predict(adapter, path, tmp_path / "run", save_variance_maps=True)
+    table = read_shards(tmp_path / "run", samples=False)
+    assert set(table) == {"index", "seed", "class", "score.pixel"}
+    assert {"sample", "variance_map"} <= set(read_shards(tmp_path / "run"))
+    g = torch.Generator().manual_seed(0)
+    index = torch.randperm(500, generator=g)[:300]
+    assert missing_indices(index, 400) == sorted(set(range(400)) - set(index.tolist()))
 
 
 def test_truncated_shard_is_detected_and_recomputed(tmp_path):

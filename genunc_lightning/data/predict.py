@@ -14,6 +14,14 @@ from genunc_lightning.seeding import derive_seed
 UNCONDITIONAL = -1
 
 
+def missing_indices(index: Iterable[int] | torch.Tensor, num_samples: int) -> list[int]:
+    """The indices of 0 … num_samples − 1 that ``index`` lacks, in order."""
+    index = torch.as_tensor(list(index) if not isinstance(index, torch.Tensor) else index, dtype=torch.long)
+    present = torch.zeros(num_samples, dtype=torch.bool)
+    present[index[(index >= 0) & (index < num_samples)]] = True
+    return (~present).nonzero().flatten().tolist()
+
+
 def sample_class(seed: int, index: int, num_classes: int | None, classes: Sequence[int] | None) -> int:
     """The class of sample ``index``: from ``classes`` (cycled), drawn from ``seed``, or -1 (none)."""
     if classes:
@@ -45,8 +53,7 @@ class SeedDataset(Dataset):
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
         self.seed, self.num_classes, self.classes = seed, num_classes, list(classes) if classes else None
-        done = set(skip)
-        self.indices = [i for i in range(num_samples) if i not in done]
+        self.indices = missing_indices(skip, num_samples)
 
     def __len__(self) -> int:
         return len(self.indices)

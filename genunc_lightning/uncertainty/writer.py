@@ -29,6 +29,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from genunc_lightning.data.predict import missing_indices
 from genunc_lightning.io import atomic_path, write_text_atomic
 
 MANIFEST = "manifest.json"
@@ -49,8 +50,11 @@ def _versions() -> dict[str, str]:
     return {"genunc_lightning": __version__, "torch": torch.__version__, "lightning": lightning.__version__}
 
 
+PER_SAMPLE_TENSORS = ("sample", "variance_map")  # the large columns; the rest make the scores table
+
+
 def read_shards(
-    directory: str | Path, remove_invalid: bool = False, columns: Sequence[str] | None = None
+    directory: str | Path, remove_invalid: bool = False, columns: Sequence[str] | None = None, samples: bool = True
 ) -> dict[str, torch.Tensor]:
     """Concatenates every readable shard of a run directory (unsorted, possibly with gaps).
 
@@ -58,6 +62,7 @@ def read_shards(
         directory: the run directory.
         remove_invalid: delete shards that cannot be read (truncated or foreign) so they are regenerated.
         columns: read only these columns (all when ``None``).
+        samples: ``False`` skips the per-sample tensors (``sample``, ``variance_map``), for the table alone.
     """
     from safetensors import safe_open
 
@@ -67,7 +72,11 @@ def read_shards(
             with safe_open(str(path), framework="pt") as f:
                 if (f.metadata() or {}).get("format") != SHARD_FORMAT:
                     raise ValueError("not a scored-sample shard")
-                keys = [k for k in f.keys() if columns is None or k in columns]
+                keys = [
+                    k
+                    for k in f.keys()
+                    if (columns is None or k in columns) and (samples or k not in PER_SAMPLE_TENSORS)
+                ]
                 parts.append({k: f.get_tensor(k) for k in keys})
         except Exception as err:  # a truncated file raises safetensors' own error types
             if not remove_invalid:
@@ -246,7 +255,7 @@ class ScoredSampleWriter(BasePredictionWriter):
 
     def merge(self, num_samples: int | None = None) -> Path:
         """Writes the scores table from the shards; checks every index appears exactly once."""
-        cols = read_shards(self.output_dir)
+        cols = read_shards(self.output_dir, samples=False)  # the table only: the samples stay on disk
         if not cols:
             raise RunDirectoryError(f"No shards in {self.output_dir}: nothing was generated.")
         order = cols["index"].argsort()
@@ -255,8 +264,7 @@ class ScoredSampleWriter(BasePredictionWriter):
             dup = index[1:][index[1:] == index[:-1]].unique()[:10].tolist()
             raise RunDirectoryError(f"Indices {dup} appear in more than one shard of {self.output_dir}.")
         if num_samples is not None:
-            index_set = set(index.tolist())
-            missing = [i for i in range(num_samples) if i not in index_set]
+            missing = missing_indices(index, num_samples)
             if missing:
                 raise RunDirectoryError(
                     f"{len(missing)} indices are missing (first: {missing[:10]}); re-run to finish."
