@@ -318,16 +318,14 @@ class Evaluation:
                 for _ in range(self.random_subsets)
             ]
             results[ORACLE] = {**mean_and_std(oracles), "kept": kept}
-        sweep = {
-            name: [
-                {
-                    "fraction": f,
-                    **measure(keep_best(values, max(self.k + 1, round(f * n)), higher)),
-                }
-                for f in self.fractions
-            ]
-            for name, (values, higher) in ranking.items()
-        }
+        everything = {m: v for m, v in results["all samples"].items() if m != "kept"}
+
+        def sweep_point(values: torch.Tensor, higher: bool, fraction: float) -> dict[str, float]:
+            count = max(self.k + 1, round(fraction * n))
+            # Keeping every sample is the same set for every ranking: measured once, above.
+            return {"fraction": fraction, **(everything if count >= n else measure(keep_best(values, count, higher)))}
+
+        sweep = {name: [sweep_point(v, h, f) for f in self.fractions] for name, (v, h) in ranking.items()}
         score_names = [s for s in ranking if " + " not in s]
         correlations = {a: {b: spearman(columns[a], columns[b]) for b in score_names} for a in score_names}
         class_means = {}

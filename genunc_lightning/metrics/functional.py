@@ -181,15 +181,9 @@ def rarity_score(
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
     """Ranks 0 … N − 1 in float64, tied values sharing their mean rank (±inf ranked as the extremes)."""
-    x = values.double()
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
-    unique, counts = x.unique(return_counts=True)
-    for value in unique[counts > 1]:
-        tie = x == value
-        ranks[tie] = ranks[tie].mean()
-    return ranks
+    _, inverse, counts = torch.unique(values.double(), sorted=True, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # the rank of each distinct value's first occurrence
+    return (first + (counts - 1) / 2).double()[inverse]
 
 
 def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
