@@ -60,23 +60,30 @@ def run_fit(args: Sequence[str]) -> LightningCLI:
     )
 
 
+def _predict_loop(cli_class: type[LightningCLI], module: type, datamodule: type, args: Sequence[str], prog: str,
+                  **trainer_defaults: Any) -> LightningCLI:  # fmt: skip
+    """Builds the CLI without running it, then runs ``Trainer.predict`` (LightningCLI has no predict-only run)."""
+    cli = cli_class(
+        module,
+        datamodule,
+        args=list(args),
+        run=False,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "enable_checkpointing": False, **trainer_defaults},
+        parser_kwargs={"prog": prog},
+    )
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    return cli
+
+
 def run_fit_laplace(args: Sequence[str]) -> LightningCLI:
     """`genunc fit_laplace`: one Fisher pass over a training subset, then the posterior file.
 
     Runs ``Trainer.predict`` with ``LaplaceFitModule`` and ``FisherAccumulationCallback`` (the
     ``laplace:`` section of the config).
     """
-    cli = _FitLaplaceCLI(
-        LaplaceFitModule,
-        DiffusionDataModule,
-        args=list(args),
-        run=False,
-        save_config_callback=None,
-        trainer_defaults={"logger": False, "enable_checkpointing": False, "inference_mode": False},
-        parser_kwargs={"prog": "genunc fit_laplace"},
-    )
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    return cli
+    return _predict_loop(_FitLaplaceCLI, LaplaceFitModule, DiffusionDataModule, args, "genunc fit_laplace",
+                         inference_mode=False)  # fmt: skip
 
 
 def run_predict(args: Sequence[str]) -> LightningCLI:
@@ -85,17 +92,7 @@ def run_predict(args: Sequence[str]) -> LightningCLI:
     Runs ``Trainer.predict`` with ``GenerativeUncertaintyModule``, ``SeedDataModule`` and
     ``ScoredSampleWriter`` (the ``writer:`` section of the config).
     """
-    cli = _PredictCLI(
-        GenerativeUncertaintyModule,
-        SeedDataModule,
-        args=list(args),
-        run=False,
-        save_config_callback=None,
-        trainer_defaults={"logger": False, "enable_checkpointing": False},
-        parser_kwargs={"prog": "genunc predict"},
-    )
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    return cli
+    return _predict_loop(_PredictCLI, GenerativeUncertaintyModule, SeedDataModule, args, "genunc predict")
 
 
 def run_evaluate(args: Sequence[str]) -> dict:
@@ -118,7 +115,7 @@ def run_evaluate(args: Sequence[str]) -> dict:
 
 
 def run_demo(args: Sequence[str]) -> Any:
-    """`genunc demo`: trains the toy model, fits its posterior and prints the summary."""
+    """`genunc demo`: the paper's experiments in miniature on the shipped checkpoints (see ``demo``)."""
     from genunc_lightning.demo import main as demo_main
 
     return demo_main(list(args))

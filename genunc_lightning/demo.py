@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Trainer
 
-from genunc_lightning.evaluation import ORACLE
+from genunc_lightning.evaluation import ORACLE, keep_best
 from genunc_lightning.io import write_text_atomic
 
 TOY_MEMBERS = [f"toy_mlp_{i}.safetensors" for i in range(5)]
@@ -54,10 +54,9 @@ def hallucination_rates(points: torch.Tensor, modes: torch.Tensor, std: float, k
     return {f"{k}std": (dist > k * std).double().mean().item() for k in ks}
 
 
-def filtered_rates(samples: torch.Tensor, scores: torch.Tensor, modes: torch.Tensor, std: float) -> dict:
-    """Hallucination rates before and after dropping the most uncertain half."""
-    keep = scores.argsort(stable=True)[: len(scores) // 2]
-    before, after = hallucination_rates(samples, modes, std), hallucination_rates(samples[keep], modes, std)
+def filtered_rates(samples: torch.Tensor, kept: torch.Tensor, modes: torch.Tensor, std: float) -> dict:
+    """Hallucination rates of all samples and of the ``kept`` ones."""
+    before, after = hallucination_rates(samples, modes, std), hallucination_rates(kept, modes, std)
     return {
         "before": before,
         "after": after,
@@ -149,8 +148,8 @@ def run_toy(out: Path, sizes: DemoSizes) -> dict:
         if samples is None:
             cols = read_shards(run_dir, columns=["index", "sample"])
             samples = cols["sample"][cols["index"].argsort()]
-        results[name] = {**filtered_rates(samples, table["pixel"], modes, 0.1), "seconds": seconds}
-        kept_sets[name] = samples[table["pixel"].argsort(stable=True)[: len(samples) // 2]]
+        kept_sets[name] = samples[keep_best(table["pixel"], len(samples) // 2)]  # drop the most uncertain half
+        results[name] = {**filtered_rates(samples, kept_sets[name], modes, 0.1), "seconds": seconds}
     _toy_figure(samples, kept_sets, out / "toy_figure2.png")
     return {"samples": len(samples), "posterior": posterior.summary(), "methods": results}
 
