@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -33,6 +35,17 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     return f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def report(title: str, rows: list[dict], columns: Sequence[tuple[str, str, str]], json_path: str | None) -> None:
+    """Prints ``rows`` as a fixed-width table of ``columns`` (key, header, format spec); writes them as JSON."""
+    widths = [max(len(header), 8) for _, header, _ in columns]
+    print(title)
+    print(" ".join(f"{header:>{w}}" for (_, header, _), w in zip(columns, widths, strict=True)))
+    for r in rows:
+        print(" ".join(f"{r[key]:>{w}{spec}}" for (key, _, spec), w in zip(columns, widths, strict=True)))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
 
 
 SIZES = {

@@ -13,7 +13,6 @@ Usage: python benchmarks/fisher.py [--device cuda] [--sizes small adm128] [--bat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, describe_device, median_seconds  # noqa: E402
+from common import SIZES, describe_device, median_seconds, report  # noqa: E402
 
 from genunc_lightning.adapters import GaussianDiffusionAdapter  # noqa: E402
 from genunc_lightning.laplace import fisher_batch  # noqa: E402
@@ -104,21 +103,12 @@ def main() -> None:
     device = torch.device(args.device)
     sizes = args.sizes or (["small", "adm128"] if device.type == "cuda" else ["small"])
     rows = [bench(s, device, args.batch, args.repeats) for s in sizes]
-    header = (
-        f"{'model':8} {'batch':>5} {'params':>11} {'fwd no-grad':>12} {'ours':>9} {'ours vmap':>10} {'train step':>11} "
-    )
-    header += f"{'torch.func':>11} {'ours/fwd':>9} {'func/ours':>10}"
-    print(f"Fisher pass benchmark on {rows[0]['device']} (median seconds per batch)")
-    print(header)
-    for r in rows:
-        print(
-            f"{r['size']:8} {r['batch']:>5} {r['params']:>11,} {r['forward_no_grad']:>12.4f} {r['ours_fisher']:>9.4f} "
-            f"{r['ours_fisher_vmap']:>10.4f} "
-            f"{r['train_step']:>11.4f} {r['torch_func_full']:>11.4f} {r['ours_over_forward']:>9.2f} "
-            f"{r['torch_func_over_ours']:>10.2f}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    columns = [("size", "model", ""), ("batch", "batch", ""), ("params", "params", ","),
+               ("forward_no_grad", "fwd no-grad", ".4f"), ("ours_fisher", "ours", ".4f"),
+               ("ours_fisher_vmap", "ours vmap", ".4f"), ("train_step", "train step", ".4f"),
+               ("torch_func_full", "torch.func", ".4f"), ("ours_over_forward", "ours/fwd", ".2f"),
+               ("torch_func_over_ours", "func/ours", ".2f")]  # fmt: skip
+    report(f"Fisher pass benchmark on {rows[0]['device']} (median seconds per batch)", rows, columns, args.json)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, describe_device, median_seconds  # noqa: E402
+from common import SIZES, describe_device, median_seconds, report  # noqa: E402
 
 from genunc_lightning.adapters import GaussianDiffusionAdapter  # noqa: E402
 from genunc_lightning.laplace import DiagonalLaplacePosterior  # noqa: E402
@@ -92,18 +91,11 @@ def main() -> None:
                 "scored_img_per_s": batch / scored_s,
             }
         )
-    print(f"Scored sampling on {rows[0]['device']}, {size} UNet, {precision}, batch {batch}, T = {steps}")
-    print(
-        f"{'M':>3} {'T`':>4} {'plain s':>9} {'scored s':>9} {'bound':>6} {'ratio/bound':>12} "
-        f"{'img/s plain':>12} {'img/s scored':>13}"
-    )
-    for r in rows:
-        print(
-            f"{r['M']:>3} {r['T_prime']:>4} {r['plain_s']:>9.3f} {r['scored_s']:>9.3f} {r['nfe_bound']:>6.2f} "
-            f"{r['ratio_to_bound']:>12.3f} {r['plain_img_per_s']:>12.2f} {r['scored_img_per_s']:>13.2f}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    columns = [("M", "M", ""), ("T_prime", "T'", ""), ("plain_s", "plain s", ".3f"), ("scored_s", "scored s", ".3f"),
+               ("nfe_bound", "bound", ".2f"), ("ratio_to_bound", "ratio/bound", ".3f"),
+               ("plain_img_per_s", "img/s plain", ".2f"), ("scored_img_per_s", "img/s scored", ".2f")]  # fmt: skip
+    title = f"Scored sampling on {rows[0]['device']}, {size} UNet, {precision}, batch {batch}, T = {steps}"
+    report(title, rows, columns, args.json)
 
 
 if __name__ == "__main__":
