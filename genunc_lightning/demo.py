@@ -172,12 +172,18 @@ def _toy_figure(samples: torch.Tensor, kept: dict[str, torch.Tensor], path: Path
 
 @dataclass
 class DigitsSetup:
-    """The digits experiment's pieces: the shipped model, its posterior, the scorer and the evaluator."""
+    """The digits experiment's pieces: the shipped model, its posterior, the scorer and the evaluator.
+
+    ``evaluator`` (features for FID, precision, recall) and ``classifier`` (logits, for the off-class
+    rate) are the same shipped MLP; ``scorer`` is the other network, the CNN.
+    """
 
     adapter: Any
     data: Any
     posterior: Any
     scorer: Any
+    evaluator: Any
+    classifier: Any
     sizes: DemoSizes
 
     def scored_run(self, run_dir: Path, likelihoods: list | None = None, posterior: Any = None, **kwargs: Any):
@@ -191,13 +197,11 @@ class DigitsSetup:
 
     def evaluate(self, run_dir: Path, **kwargs: Any) -> dict:
         """FID, precision, recall and off-class rates in the evaluator classifier's space."""
-        from genunc_lightning.encoders import DigitsClassifier, DigitsFeatureEncoder
         from genunc_lightning.evaluation import Evaluation
 
-        return Evaluation(str(run_dir), self.data, feature_extractor=DigitsFeatureEncoder("mlp"),
-                          reference_range=(-1.0, 1.0), keep=self.sizes.digits_keep,
-                          random_subsets=self.sizes.random_subsets, classifier=DigitsClassifier("mlp"),
-                          **kwargs).run()  # fmt: skip
+        return Evaluation(str(run_dir), self.data, feature_extractor=self.evaluator, reference_range=(-1.0, 1.0),
+                          keep=self.sizes.digits_keep, random_subsets=self.sizes.random_subsets,
+                          classifier=self.classifier, **kwargs).run()  # fmt: skip
 
     def semantic_only(self, run_dir: Path) -> dict:
         """The evaluation of ours alone."""
@@ -208,7 +212,7 @@ def digits_setup(sizes: DemoSizes) -> DigitsSetup:
     """Loads the shipped digits UNet and fits its `auto`-scale posterior over the whole dataset."""
     from genunc_lightning.adapters import GaussianDiffusionAdapter
     from genunc_lightning.data import DigitsDataset
-    from genunc_lightning.encoders import DigitsFeatureEncoder
+    from genunc_lightning.encoders import DigitsClassifier, DigitsFeatureEncoder
     from genunc_lightning.models import SmallUNet
 
     unet = SmallUNet(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_classes=10)
@@ -218,7 +222,8 @@ def digits_setup(sizes: DemoSizes) -> DigitsSetup:
         DIGITS_UNET,
     )  # fmt: skip
     data = DigitsDataset()
-    return DigitsSetup(adapter, data, fit_posterior(adapter, data), DigitsFeatureEncoder("cnn"), sizes)
+    scorer, evaluator, classifier = DigitsFeatureEncoder("cnn"), DigitsFeatureEncoder("mlp"), DigitsClassifier("mlp")
+    return DigitsSetup(adapter, data, fit_posterior(adapter, data), scorer, evaluator, classifier, sizes)
 
 
 def run_digits(out: Path, sizes: DemoSizes) -> dict:
