@@ -106,7 +106,7 @@ def _conv2d_unfold_gradients(layer: nn.Conv2d, inputs: torch.Tensor, output_grad
         raise ValueError("The unfold path supports nn.Conv2d with zero padding only; use method='vmap'.")
     b, groups = inputs.shape[0], layer.groups
     k = layer.kernel_size[0] * layer.kernel_size[1]
-    per_example = inputs[0].numel() // layer.in_channels * layer.in_channels * k * inputs.element_size()
+    per_example = inputs[0].numel() * k * inputs.element_size()  # unfolded bytes of one example (stride 1)
     step = max(1, UNFOLD_BYTES // max(1, per_example))
     weights = []
     for start in range(0, b, step):
