@@ -121,6 +121,9 @@ def run_demo(args: Sequence[str]) -> Any:
     return demo_main(list(args))
 
 
+# Errors raised on bad input or a bad environment, each with a message that names the problem and the fix.
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, FloatingPointError, KeyError)
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {
     "fit": run_fit,
     "fit_laplace": run_fit_laplace,
@@ -159,7 +162,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"genunc: unknown subcommand {command!r}; choose one of {', '.join(SUBCOMMANDS)}.\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         raise SystemExit(2)
-    SUBCOMMANDS[command](rest)
+    try:
+        SUBCOMMANDS[command](rest)
+    except KNOWN_ERRORS as err:
+        if os.environ.get("GENUNC_TRACEBACK"):
+            raise
+        # A known error says what is wrong and how to fix it: one line, as LightningCLI prints parse errors.
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"genunc {command}: error: {message} (GENUNC_TRACEBACK=1 shows where)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

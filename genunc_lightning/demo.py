@@ -33,6 +33,8 @@ from genunc_lightning.evaluation import ORACLE, keep_best
 from genunc_lightning.io import write_text_atomic
 
 TOY_MEMBERS = [f"toy_mlp_{i}.safetensors" for i in range(5)]
+PAPER_TOY = "laplace (paper preset: laplace-torch EF, sigma = lambda = 1, N = n)"
+PAPER_DIGITS = "paper preset (laplace-torch EF, sigma = lambda = 1, N = n)"
 DIGITS_UNET = "digits_unet.safetensors"
 
 
@@ -119,25 +121,35 @@ def _load_adapter(adapter: Any, asset: str) -> Any:
 # --- 1. the toy ---------------------------------------------------------------------------------
 
 
+def toy_adapter() -> Any:
+    """The shipped toy MLP (ensemble member 0) in its DDPM adapter, T = 100."""
+    from genunc_lightning.adapters import GaussianDiffusionAdapter
+    from genunc_lightning.models import MLPDenoiser
+
+    adapter = GaussianDiffusionAdapter(MLPDenoiser(hidden=128, depth=3), "out", (2,), sampler="ddpm", steps=100)
+    return _load_adapter(adapter, TOY_MEMBERS[0])
+
+
+def toy_posterior(adapter: Any, sizes: DemoSizes) -> Any:
+    """The `auto`-scale posterior of the toy model over ``sizes.toy_fit_points`` grid points."""
+    from genunc_lightning.data import GaussianGrid2D
+
+    return fit_posterior(adapter, GaussianGrid2D(num_points=sizes.toy_fit_points, seed=0), batch_size=2000)
+
+
 def run_toy(out: Path, sizes: DemoSizes) -> dict:
     """Ensemble and Laplace generative uncertainty on the 2D toy; hallucination rates and scatters."""
-    from genunc_lightning.adapters import GaussianDiffusionAdapter
     from genunc_lightning.assets import asset_path
-    from genunc_lightning.data import GaussianGrid2D
     from genunc_lightning.data.toy import grid_modes
-    from genunc_lightning.models import MLPDenoiser
     from genunc_lightning.uncertainty import DeepEnsemble, PixelLikelihood
     from genunc_lightning.uncertainty.writer import read_shards
 
-    adapter = _load_adapter(
-        GaussianDiffusionAdapter(MLPDenoiser(hidden=128, depth=3), "out", (2,), sampler="ddpm", steps=100),
-        TOY_MEMBERS[0],
-    )
-    posterior = fit_posterior(adapter, GaussianGrid2D(num_points=sizes.toy_fit_points, seed=0), batch_size=2000)
+    adapter = toy_adapter()
+    posterior = toy_posterior(adapter, sizes)
     methods = {
         "ensemble (5 members)": DeepEnsemble([str(asset_path(m)) for m in TOY_MEMBERS[1:]]),
         "laplace (auto)": posterior,
-        "laplace (paper: sigma = lambda = 1)": posterior.with_scale(sigma=1.0, prior_precision=1.0),
+        PAPER_TOY: posterior.paper(),
     }
     modes, results, kept_sets = grid_modes(), {}, {}
     samples = None
@@ -246,7 +258,7 @@ def run_digits(out: Path, sizes: DemoSizes) -> dict:
         cost[name] = {**setup.semantic_only(run_dir), "seconds": secs}
     scale = {"auto (T = 1)": {**main["results"]["semantic"], "sigma": posterior.sigma,
                               "prior_precision": posterior.prior_precision}}  # fmt: skip
-    variants = {"paper: sigma = lambda = 1": posterior.with_scale(sigma=1.0, prior_precision=1.0)}
+    variants = {PAPER_DIGITS: posterior.paper()}
     variants |= {f"auto, T = {t:g}": posterior.with_scale(temperature=t) for t in (0.01, 0.1, 10.0, 100.0)}
     for i, (name, post) in enumerate(variants.items()):
         print(f"  digits scale sweep: {name}", flush=True)

@@ -31,7 +31,14 @@ from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.data.predict import missing_indices
 from genunc_lightning.io import atomic_path, write_text_atomic
 from genunc_lightning.metrics import functional as MF
-from genunc_lightning.uncertainty.writer import MANIFEST, read_scores, read_shards
+from genunc_lightning.uncertainty.writer import (
+    EVALUATION_COLUMNS,
+    SCORES,
+    RunDirectoryError,
+    read_manifest,
+    read_scores,
+    read_shards,
+)
 
 HIGHER_IS_BETTER = {"realism"}  # every other column: lower is better (uncertainty, rarity)
 ORACLE = "oracle: on-class first"  # given a classifier: random kept sets that drop off-class samples first
@@ -165,10 +172,15 @@ class Evaluation:
 
     def load_run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(the scores table, the decoded samples in table order); checks nothing is missing."""
-        manifest_path = self.run_dir / MANIFEST
-        if not manifest_path.is_file():
-            raise EvaluationError(f"{self.run_dir} is not a predict run directory (no {MANIFEST}).")
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = read_manifest(self.run_dir)
+        except RunDirectoryError as err:
+            raise EvaluationError(str(err)) from err
+        if not (self.run_dir / SCORES).is_file():
+            raise EvaluationError(
+                f"{self.run_dir} has no {SCORES}: the run did not finish. Re-run the same `genunc predict` command; "
+                "it generates only what is missing and writes the table."
+            )
         table = read_scores(self.run_dir)
         expected = manifest.get("num_samples")
         if expected is not None:
@@ -179,9 +191,20 @@ class Evaluation:
                     "re-run the same `genunc predict` command to finish it."
                 )
         shards = read_shards(self.run_dir, columns=["index", "sample"])
+        if not shards:
+            raise EvaluationError(
+                f"{self.run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
+                "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
+            )
         if "sample" not in shards:
             raise EvaluationError(f"{self.run_dir} was written with save_samples=false: there are no samples.")
         position = {int(i): p for p, i in enumerate(shards["index"].tolist())}
+        absent = [int(i) for i in table["index"].tolist() if int(i) not in position]
+        if absent:
+            raise EvaluationError(
+                f"The shards of {self.run_dir} lack {len(absent)} samples of {SCORES} (first: {absent[:10]}): a shard "
+                "was deleted or moved. Re-run the same `genunc predict` command to regenerate them."
+            )
         order = torch.tensor([position[int(i)] for i in table["index"].tolist()])
         return table, shards["sample"][order]
 
@@ -282,6 +305,12 @@ class Evaluation:
     def run(self) -> dict[str, Any]:
         """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
         table, samples = self.load_run()
+        clash = [c for c in EVALUATION_COLUMNS if c in table]
+        if clash:
+            raise EvaluationError(
+                f"{self.run_dir} has score columns named {clash}, which evaluate computes itself: re-run predict with "
+                "other likelihood names."
+            )
         n = len(table["index"])
         kept = self._kept_count(n)
         fake = self.features(samples)

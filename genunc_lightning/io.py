@@ -35,3 +35,20 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_writable_file(path: str | Path, what: str) -> None:
+    """Fails now, not after hours of work, when ``path`` cannot be written (a directory, or a read-only place).
+
+    Creates the parent directories, as the final write would.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"The output for {what}, {path}, is a directory: give a file path.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise PermissionError(f"Cannot write {what} to {path}: {err.strerror or err}. Choose a writable path.") from err

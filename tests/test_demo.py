@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from genunc_lightning.demo import main
+from genunc_lightning.demo import PAPER_DIGITS, PAPER_TOY, main
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["sizes"] == report["sizes"]
     toy = on_disk["toy"]["methods"]
-    assert set(toy) == {"ensemble (5 members)", "laplace (auto)", "laplace (paper: sigma = lambda = 1)"}
+    assert set(toy) == {"ensemble (5 members)", "laplace (auto)", PAPER_TOY}
     for rates in toy.values():
         assert set(rates["before"]) == set(rates["after"]) == {"3std", "4std", "5std"}
     digits = on_disk["digits"]
@@ -30,7 +30,9 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
     assert all("off_class" in r for r in digits["main"].values())
     assert set(digits["off_class_auroc"]) == {"semantic", "pixel", "bayesdiff", "au", "realism", "rarity"}
     assert set(digits["cost_sweep"]) == {"M=5, T'=T", "M=1, T'=T", "M=1, T'=T/5", "M=5, T'=T/5"}
-    assert len(digits["scale_sweep"]) == 6 and "paper: sigma = lambda = 1" in digits["scale_sweep"]
+    assert len(digits["scale_sweep"]) == 6 and PAPER_DIGITS in digits["scale_sweep"]
+    paper = digits["scale_sweep"][PAPER_DIGITS]
+    assert (paper["sigma"], paper["prior_precision"]) == (1.0, 1.0)
     assert len(on_disk["claims"]) == 4 and all(set(c) == {"claim", "measured", "holds"} for c in on_disk["claims"])
     text = (out / "report.md").read_text()
     assert "## Claims checked" in text and "AUROC (off-class)" in text and "off-class ↓" in text

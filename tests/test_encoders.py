@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,42 @@ def test_module_encoder_wraps_any_module():
     images = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(enc(images), net((images.expand(-1, 3, -1, -1) - 0.5) / 0.5))
     assert enc.identity()["class"] == "ModuleEncoder"
+
+
+class _TouchOnLoad:
+    """Unpickling this runs code: it creates a file (a stand-in for anything an attacker would run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_inception_weights_never_execute_pickled_code(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"fc.weight": _TouchOnLoad(marker)}, evil)
+    with pytest.raises(MissingWeightsError, match="cannot be loaded as tensors only"):
+        InceptionEncoder(str(evil))
+    assert not marker.exists()
+    # Control: the same file does run its code under a plain torch.load, as torch-fidelity would call it.
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+def test_inception_encoder_gives_torch_fidelity_features_from_a_plain_weights_file(tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    # Random weights with the real layout, built offline: skip torch-fidelity's download and load.
+    with monkeypatch.context() as patch:
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        torch.manual_seed(0)
+        reference = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path / "inception.pth"
+    torch.save(reference.state_dict(), path)
+    images = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        expected = reference((images * 255).round().to(torch.uint8))[0]
+    torch.testing.assert_close(InceptionEncoder(str(path))(images), expected)

@@ -6,7 +6,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters import FlowMatchingAdapter, GaussianDiffusionAdapter, LastLayerError
-from genunc_lightning.laplace import fisher_batch
+from genunc_lightning.laplace import DiagonalLaplacePosterior, fisher_batch
 from genunc_lightning.models import MLPDenoiser, SmallUNet
 from genunc_lightning.seeding import example_seeds
 from tests.denoisers import ConvDenoiser, TokenDenoiser
@@ -127,7 +127,7 @@ def test_fisher_pass_builds_no_graph_in_the_backbone_and_restores_flags():
 
 
 def test_matches_laplace_torch_asdl_ef_on_a_linear_last_layer():
-    """laplace-torch's AsdlEF on the same inputs and targets, divided by its factor 2."""
+    """laplace-torch's AsdlEF on the same inputs and targets: H (its factor 2) and the paper preset's variance."""
     from laplace import DiagLLLaplace
     from laplace.curvature import AsdlEF
 
@@ -156,9 +156,16 @@ def test_matches_laplace_torch_asdl_ef_on_a_linear_last_layer():
         torch.utils.data.TensorDataset(torch.cat([xt, t.double()[:, None]], 1), eps), batch_size=8
     )
     la = DiagLLLaplace(Regression(), "regression", last_layer_name="net.out", backend=AsdlEF)
-    la.fit(loader)
+    la.fit(loader)  # sigma_noise = prior_precision = temperature = 1: the paper's public code
     ref = torch.cat([ours.diag["weight"].flatten(), ours.diag["bias"].flatten()])
     torch.testing.assert_close(la.H / 2, ref, rtol=1e-5, atol=0)
+
+    # The paper preset is laplace-torch's posterior on the same batches and draws.
+    post = DiagonalLaplacePosterior.fit(
+        denoiser.out, "out", ours.diag, 24, float(ours.squared_residual_sum), ours.num_residuals, dataset_size=2400
+    ).paper()
+    variance = torch.cat([post.variance["weight"].flatten(), post.variance["bias"]])
+    torch.testing.assert_close(variance, la.posterior_variance.double(), rtol=1e-6, atol=0)
 
 
 def test_last_layer_not_reached_is_an_error():

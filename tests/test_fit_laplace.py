@@ -25,8 +25,8 @@ def make_module(seed=0, draws=1):
     return LaplaceFitModule(adapter, draws_per_example=draws, seed=5)
 
 
-def run_fit(module, datamodule, output=None, **trainer_kwargs):
-    callback = FisherAccumulationCallback(output=output)
+def run_fit(module, datamodule, output=None, laplace=None, **trainer_kwargs):
+    callback = FisherAccumulationCallback(output=output, **(laplace or {}))
     kwargs = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
     kwargs.update(trainer_kwargs)
     Trainer(callbacks=[callback], **kwargs).predict(module, datamodule=datamodule, return_predictions=False)
@@ -105,9 +105,30 @@ def test_subset_outside_its_range_is_an_error(subset):
         DiffusionDataModule(GaussianGrid2D(num_points=20), subset=subset)
 
 
+def test_paper_preset_and_conventions_through_the_callback():
+    data = DiffusionDataModule(GaussianGrid2D(num_points=120, seed=2), batch_size=40)
+    module = make_module()
+    auto = run_fit(module, data)
+    paper = run_fit(module, data, laplace={"preset": "paper"})
+    assert auto.convention.value == "ef" and paper.info["preset"] == "paper"
+    expected = auto.paper()
+    for name in auto.fisher:
+        torch.testing.assert_close(paper.variance[name], expected.variance[name], rtol=1e-12, atol=0)
+        torch.testing.assert_close(paper.precision[name], 2 * auto.fisher[name] + 1, rtol=1e-12, atol=0)
+    lt = run_fit(module, data, laplace={"sigma": 0.5, "prior_precision": 2.0, "convention": "laplace_torch"})
+    torch.testing.assert_close(lt.precision["weight"], auto.fisher["weight"] * 2 / 0.25 + 2.0)
+
+
 def test_bad_callback_settings():
     with pytest.raises(ValueError, match="'auto' or a positive number"):
         FisherAccumulationCallback(sigma=-1.0)
+    with pytest.raises(ValueError, match="preset=.paper. fixes sigma, dataset_size; drop those options"):
+        FisherAccumulationCallback(preset="paper", sigma=0.5, dataset_size=10, temperature=1.0)
+    FisherAccumulationCallback(preset="paper", sigma=1.0, convention="laplace_torch")  # agreeing values are fine
+    with pytest.raises(ValueError, match="Unknown preset 'papr'"):
+        FisherAccumulationCallback(preset="papr")
+    with pytest.raises(ValueError, match="choose one of ef, laplace_torch"):
+        FisherAccumulationCallback(convention="EF ")
     with pytest.raises(ValueError, match="at least 1"):
         LaplaceFitModule(GaussianDiffusionAdapter(MLPDenoiser(), "out", (2,)), draws_per_example=0)
 
@@ -146,6 +167,14 @@ def test_cli_fit_then_fit_laplace(tmp_path):
     adapter.load_weights(tmp_path / "runs/toy/denoiser.ckpt")
     post.check_compatible(adapter.denoiser)
     assert post.info["sigma_mode"] == "auto" and post.num_examples == 500
+
+    paper = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+                "--data.subset", "100", "--data.dataset.init_args.num_points", "2000", "--laplace.preset", "paper",
+                "--laplace.output", "paper.safetensors", cwd=tmp_path)  # fmt: skip
+    assert paper.returncode == 0, paper.stderr[-3000:]
+    assert "convention       laplace_torch" in paper.stdout + paper.stderr
+    paper_post = DiagonalLaplacePosterior.load(tmp_path / "paper.safetensors")
+    assert (paper_post.sigma, paper_post.prior_precision, paper_post.dataset_size) == (1.0, 1.0, 100)
 
     bad = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
               "--data.subset", "1.5", cwd=tmp_path)  # fmt: skip

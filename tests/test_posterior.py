@@ -32,14 +32,70 @@ def fitted(model=None, sigma="auto", prior_precision="auto", n=32, x=None, **kwa
     return post, fb, model
 
 
-def test_precision_is_scaled_fisher_plus_prior():
-    post, fb, _ = fitted(sigma=0.5, prior_precision=3.0, dataset_size=320)
+@pytest.mark.parametrize(
+    ("convention", "factor"),
+    [("ef", 1 / 0.5**4), ("laplace_torch", 2 / 0.5**2)],  # the EF of N(f, σ²): H/σ⁴; laplace-torch: 2H/σ²
+)
+def test_precision_is_scaled_fisher_plus_prior(convention, factor):
+    post, fb, _ = fitted(sigma=0.5, prior_precision=3.0, dataset_size=320, convention=convention)
     for name, h in fb.diag.items():
-        torch.testing.assert_close(post.precision[name], h * (320 / 32) / 0.25 + 3.0)
+        torch.testing.assert_close(post.precision[name], h * (320 / 32) * factor + 3.0)
         torch.testing.assert_close(post.variance[name], 1.0 / post.precision[name])
     hot = post.with_scale(temperature=10.0)
     torch.testing.assert_close(hot.variance["weight"], 10.0 * post.variance["weight"])
     assert post.num_params == 16 * 2 + 2
+
+
+def test_auto_ef_precision_matches_the_ggn_on_well_specified_linear_gaussian_data():
+    """Data y = Wx + b + N(0, σ²) and the layer at (W, b): the GGN precision is Σx²/σ² (and n/σ² for b).
+
+    The EF Σ(x·r)²/σ⁴ matches it in expectation once σ² is the mean squared residual; laplace-torch's
+    factor (Σ(x·r)²/σ²) would be σ² = 0.09 times too small.
+    """
+    from genunc_lightning.laplace import per_example_gradients
+
+    g = torch.Generator().manual_seed(0)
+    n, noise = 20000, 0.3
+    layer = torch.nn.Linear(3, 2).double()
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64) * torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x) + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        r = layer(x) - y  # the gradient of ½‖f − y‖² with respect to f
+    grads = per_example_gradients(layer, x, r)
+    fisher = {k: v.pow(2).sum(0) for k, v in grads.items()}
+    post = DiagonalLaplacePosterior.fit(layer, "", fisher, n, float(r.pow(2).sum()), r.numel())
+    assert post.sigma == pytest.approx(noise, rel=0.02) and post.prior_precision < 1e-2 * n
+    ggn_weight = (x.pow(2).sum(0) / noise**2).expand(2, 3)
+    ggn_bias = torch.full((2,), n / noise**2, dtype=torch.float64)
+    for name, ggn in (("weight", ggn_weight), ("bias", ggn_bias)):
+        ratio = post.precision[name] / ggn
+        assert (ratio - 1).abs().max() < 0.1, (name, ratio)
+    old = post.with_scale(convention="laplace_torch").precision["weight"] / 2  # the 0.1 code's H/σ²
+    assert (old / ggn_weight).max() < 0.2
+
+
+def test_paper_preset_is_laplace_torch_with_sigma_and_lambda_one_and_n_equal_N():
+    post, fb, _ = fitted(temperature=2.0, dataset_size=320)
+    paper = post.paper()
+    assert (paper.sigma, paper.prior_precision, paper.temperature) == (1.0, 1.0, 1.0)
+    assert paper.dataset_size == paper.num_examples == 32 and paper.convention.value == "laplace_torch"
+    for name, h in fb.diag.items():
+        torch.testing.assert_close(paper.precision[name], 2 * h + 1)  # the documented formula, 2H + 1
+
+
+def test_paper_preset_on_a_conv_last_layer_is_the_documented_formula():
+    model = SmallUNet(base_channels=8, channel_mults=(1,))
+    adapter = GaussianDiffusionAdapter(model, "out.2", (1, 4, 4))
+    fb = fisher_batch(adapter, torch.randn(5, 1, 4, 4), [example_seeds(0, range(5))])
+    post = DiagonalLaplacePosterior.fit(model.out[2], "out.2", fb.diag, 5, 2.0, 80, dataset_size=50).paper()
+    for name, h in fb.diag.items():
+        assert h.abs().sum() > 0
+        torch.testing.assert_close(post.variance[name], 1 / (2 * h.double() + 1), rtol=1e-12, atol=0)
+
+
+def test_unknown_convention_is_refused():
+    with pytest.raises(ValueError, match="ef, laplace_torch"):
+        fitted(convention="ggn")
 
 
 def test_dataset_size_defaults_to_examples_seen():
@@ -59,9 +115,10 @@ def test_auto_sigma_is_the_mean_squared_residual():
     assert post.info["sigma_mode"] == "auto"
 
 
-def test_auto_prior_precision_maximises_the_log_marginal_likelihood():
-    post, _, _ = fitted()
-    h = torch.cat([f.flatten() for f in post.fisher.values()]) * (post.dataset_size / post.num_examples) / post.sigma**2
+@pytest.mark.parametrize(("convention", "factor"), [("ef", lambda s: s**-4), ("laplace_torch", lambda s: 2 * s**-2)])
+def test_auto_prior_precision_maximises_the_log_marginal_likelihood(convention, factor):
+    post, _, _ = fitted(convention=convention)
+    h = torch.cat([f.flatten() for f in post.fisher.values()]) * factor(post.sigma)
     theta_sq = sum(float(m.double().pow(2).sum()) for m in post.mean.values())
     best = log_marginal_likelihood(post.prior_precision, theta_sq, h)
     grid = np.logspace(-6, 8, 4001)
@@ -131,6 +188,35 @@ def test_truncated_and_foreign_files(tmp_path):
         DiagonalLaplacePosterior.load(tmp_path / "missing.safetensors")
 
 
+def _as_version_1(path, out):
+    """Rewrites a posterior file as genunc-lightning 0.1 wrote it: format version 1, no convention."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["format_version"] = "1"
+    del meta["convention"]
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def test_version_1_files_are_refused_with_the_fix_or_upgraded(tmp_path):
+    post, fb, _ = fitted(sigma="auto", prior_precision="auto")
+    old = _as_version_1(post.save(tmp_path / "p.safetensors"), tmp_path / "old.safetensors")
+    with pytest.raises(PosteriorFileError, match=r"σ².*genunc fit_laplace.*upgrade=True"):
+        DiagonalLaplacePosterior.load(old)
+    upgraded = DiagonalLaplacePosterior.load(old, upgrade=True)
+    # The Fisher and the auto σ are convention-free; the auto λ is maximised again on the EF's h.
+    assert upgraded.convention.value == "ef" and upgraded.sigma == post.sigma
+    assert upgraded.prior_precision == pytest.approx(post.prior_precision, rel=1e-9)
+    for name, h in fb.diag.items():
+        torch.testing.assert_close(upgraded.precision[name], h / post.sigma**4 + post.prior_precision)
+    fixed, _, _ = fitted(sigma=0.5, prior_precision=3.0)
+    old_fixed = _as_version_1(fixed.save(tmp_path / "f.safetensors"), tmp_path / "old_f.safetensors")
+    assert DiagonalLaplacePosterior.load(old_fixed, upgrade=True).prior_precision == 3.0
+
+
 def test_zero_fisher_is_an_error():
     model = MLPDenoiser(hidden=8, depth=1)
     with pytest.raises(ZeroFisherError, match="zero everywhere"):
@@ -154,8 +240,9 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_to_laplace_torch_has_our_posterior():
-    post, _, model = fitted(temperature=3.0, dataset_size=100)
+@pytest.mark.parametrize("convention", ["ef", "laplace_torch"])
+def test_export_to_laplace_torch_has_our_posterior(convention):
+    post, _, model = fitted(temperature=3.0, dataset_size=100, convention=convention)
     la = post.to_laplace_torch(model)
     ours = torch.cat([post.variance[n].flatten() for n in ("weight", "bias")])
     torch.testing.assert_close(la.posterior_variance.double(), ours, rtol=1e-5, atol=0)

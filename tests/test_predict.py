@@ -11,18 +11,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 from genunc_lightning.adapters import GaussianDiffusionAdapter
-from genunc_lightning.data import SeedDataModule
 from genunc_lightning.data.predict import missing_indices
-from genunc_lightning.laplace import DiagonalLaplacePosterior, PosteriorMismatchError, fisher_batch
+from genunc_lightning.laplace import PosteriorMismatchError
 from genunc_lightning.models import MLPDenoiser
-from genunc_lightning.seeding import example_seeds
 from genunc_lightning.uncertainty import (
     GenerativeUncertaintyModule,
     PixelLikelihood,
-    ScoredSampleWriter,
     SemanticLikelihood,
     generative_uncertainty,
     member_variance,
@@ -30,34 +26,10 @@ from genunc_lightning.uncertainty import (
 )
 from genunc_lightning.uncertainty.writer import RunDirectoryError, read_shards
 
-
-def toy_model(tmp_path, hidden=32, seed=0, steps=8):
-    torch.manual_seed(seed)
-    model = MLPDenoiser(hidden=hidden, depth=2)
-    adapter = GaussianDiffusionAdapter(model, "out", (2,), sampler="ddpm", steps=steps)
-    x = torch.randn(64, 2)
-    fb = fisher_batch(adapter, x, [example_seeds(0, range(64))])
-    post = DiagonalLaplacePosterior.fit(model.out, "out", fb.diag, 64, float(fb.squared_residual_sum), fb.num_residuals)
-    path = post.save(tmp_path / "posterior.safetensors")
-    torch.save(model.state_dict(), tmp_path / "denoiser.pt")
-    return adapter, path
-
-
-def predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices=1, replace=False, **module_kwargs):
-    module = GenerativeUncertaintyModule(adapter, str(posterior), **module_kwargs)
-    writer = ScoredSampleWriter(str(out_dir), replace_other_run=replace)
-    kwargs = dict(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False)
-    if devices > 1:
-        kwargs["strategy"] = "ddp_spawn"
-    trainer = Trainer(callbacks=[writer], enable_model_summary=False, **kwargs)
-    trainer.predict(module, datamodule=SeedDataModule(num_samples, batch_size, seed=3), return_predictions=False)
-    return read_scores(out_dir)
-
-
 # --- the score --------------------------------------------------------------------------------
 
 
-def test_zero_variance_gives_the_noise_entropy_exactly(tmp_path):
+def test_zero_variance_gives_the_noise_entropy_exactly(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path)
     encoder = torch.nn.Linear(2, 7)
     module = GenerativeUncertaintyModule(
@@ -72,6 +44,41 @@ def test_zero_variance_gives_the_noise_entropy_exactly(tmp_path):
     torch.testing.assert_close(
         out["scores"]["semantic"], torch.full((5,), expected, dtype=torch.float64), rtol=1e-15, atol=0
     )
+
+
+def test_cheap_mode_rerun_removes_the_discretisation_gap(tmp_path, toy_model):
+    adapter, path = toy_model(tmp_path, steps=10)
+    batch = {"index": torch.arange(5), "seed": torch.arange(5) + 7, "class": torch.full((5,), -1)}
+    zero = dict(num_members=2, member_steps=2, temperature=0.0)
+    kept_mode = GenerativeUncertaintyModule(adapter, str(path), pretrained_member="kept", **zero)
+    rerun = GenerativeUncertaintyModule(adapter, str(path), pretrained_member="rerun", **zero)
+    # Kept sample (T steps) among T'-step members: a zero-variance posterior still has variance.
+    _, gap_members = kept_mode.generate_scored(batch["seed"], None)
+    assert member_variance(gap_members).min() > 0
+    kept, members = rerun.generate_scored(batch["seed"], None)
+    assert members.shape[0] == 3
+    assert torch.equal(member_variance(members), torch.zeros(5, 2, dtype=torch.float64))
+    out = rerun.predict_step(batch, 0)
+    expected = 0.5 * 2 * math.log(2 * math.pi * math.e * 1e-3)
+    torch.testing.assert_close(
+        out["scores"]["pixel"], torch.full((5,), expected, dtype=torch.float64), rtol=1e-15, atol=0
+    )
+    # The kept sample is still the T-step sample, the same in both modes.
+    assert torch.equal(out["sample"], kept_mode.predict_step(batch, 0)["sample"])
+    assert torch.equal(out["sample"], kept)
+
+
+@pytest.mark.parametrize(("mode", "member_steps", "nfe"), [("kept", 2, 10 + 3 * 2), ("rerun", 2, 10 + 4 * 2),
+                                                          ("rerun", 10, 4 * 10), ("kept", 10, 4 * 10)])  # fmt: skip
+def test_network_evaluations_per_sample_are_the_stated_bound(tmp_path, mode, member_steps, nfe, toy_model):
+    adapter, path = toy_model(tmp_path, steps=10)
+    module = GenerativeUncertaintyModule(adapter, str(path), num_members=3, member_steps=member_steps,
+                                         pretrained_member=mode)  # fmt: skip
+    rows = []
+    handle = adapter.denoiser.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    module.predict_step({"index": torch.arange(4), "seed": torch.arange(4), "class": torch.full((4,), -1)}, 0)
+    handle.remove()
+    assert sum(rows) / 4 == nfe == module.network_evaluations_per_sample()
 
 
 def test_identity_features_match_a_float64_numpy_reference():
@@ -94,7 +101,7 @@ def test_half_precision_features_never_give_negative_variance(dtype):
     assert torch.isfinite(generative_uncertainty(feats, 1e-3)).all()
 
 
-def test_variance_maps_and_members_without_the_pretrained_sample(tmp_path):
+def test_variance_maps_and_members_without_the_pretrained_sample(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path)
     module = GenerativeUncertaintyModule(
         adapter, str(path), num_members=3, include_pretrained=False, save_variance_maps=True, member_chunk=2
@@ -106,7 +113,7 @@ def test_variance_maps_and_members_without_the_pretrained_sample(tmp_path):
     torch.testing.assert_close(out["variance_maps"], members.double().var(0, unbiased=False))
 
 
-def test_member_chunking_does_not_change_scores(tmp_path):
+def test_member_chunking_does_not_change_scores(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path)
     batch = {"index": torch.arange(6), "seed": torch.arange(6), "class": torch.full((6,), -1)}
     a = GenerativeUncertaintyModule(adapter, str(path), num_members=4, member_chunk=1).predict_step(batch, 0)
@@ -117,7 +124,7 @@ def test_member_chunking_does_not_change_scores(tmp_path):
 # --- Trainer.predict, DDP, resume -------------------------------------------------------------
 
 
-def test_scores_do_not_depend_on_batch_size_or_world_size(tmp_path):
+def test_scores_do_not_depend_on_batch_size_or_world_size(tmp_path, toy_model, predict):
     adapter, path = toy_model(tmp_path)
     one = predict(adapter, path, tmp_path / "one", batch_size=16)
     other_batch = predict(adapter, path, tmp_path / "b7", batch_size=7)
@@ -136,7 +143,7 @@ def test_a_plain_encoder_is_identified_by_its_weights():
     assert ident[0] != ident[1] and ident[0] == ident[2]
 
 
-def test_writer_refuses_another_configuration(tmp_path):
+def test_writer_refuses_another_configuration(tmp_path, toy_model, predict):
     adapter, path = toy_model(tmp_path)
     predict(adapter, path, tmp_path / "run", num_members=2)
     with pytest.raises(RunDirectoryError, match="another configuration.*num_members"):
@@ -154,7 +161,7 @@ def test_writer_refuses_another_configuration(tmp_path):
     assert (tmp_path / "junk" / "file.txt").is_file()
 
 
-def test_table_reads_leave_the_samples_on_disk_and_missing_indices_are_exact(tmp_path):
+def test_table_reads_leave_the_samples_on_disk_and_missing_indices_are_exact(tmp_path, toy_model, predict):
     adapter, path = toy_model(tmp_path)
     predict(adapter, path, tmp_path / "run", save_variance_maps=True)
     table = read_shards(tmp_path / "run", samples=False)
@@ -165,7 +172,7 @@ def test_table_reads_leave_the_samples_on_disk_and_missing_indices_are_exact(tmp
     assert missing_indices(index, 400) == sorted(set(range(400)) - set(index.tolist()))
 
 
-def test_truncated_shard_is_detected_and_recomputed(tmp_path):
+def test_truncated_shard_is_detected_and_recomputed(tmp_path, toy_model, predict):
     adapter, path = toy_model(tmp_path)
     full = predict(adapter, path, tmp_path / "run", batch_size=8)
     shard = sorted((tmp_path / "run" / "shards").iterdir())[2]
@@ -177,7 +184,7 @@ def test_truncated_shard_is_detected_and_recomputed(tmp_path):
         assert torch.equal(again[key], full[key])
 
 
-def test_growing_num_samples_reuses_finished_ones(tmp_path):
+def test_growing_num_samples_reuses_finished_ones(tmp_path, toy_model, predict):
     adapter, path = toy_model(tmp_path)
     small = predict(adapter, path, tmp_path / "run", num_samples=16)
     before = set((tmp_path / "run" / "shards").iterdir())
@@ -193,7 +200,7 @@ main(sys.argv[1:])
 """
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path, hidden=128, steps=200)
     model_cfg = tmp_path / "model.yaml"
     model_cfg.write_text(
@@ -231,7 +238,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
 # --- bad input, before any sampling --------------------------------------------------------------
 
 
-def test_bad_settings_fail_before_sampling(tmp_path):
+def test_bad_settings_fail_before_sampling(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path)
     with pytest.raises(ValueError, match="at least 1"):
         GenerativeUncertaintyModule(adapter, str(path), num_members=0)
@@ -240,5 +247,5 @@ def test_bad_settings_fail_before_sampling(tmp_path):
     other = GaussianDiffusionAdapter(MLPDenoiser(hidden=32, depth=2), "out", (2,))
     with pytest.raises(PosteriorMismatchError, match="other weights"):
         GenerativeUncertaintyModule(other, str(path))
-    with pytest.raises(ValueError, match="distinct names"):
+    with pytest.raises(ValueError, match="must be distinct"):
         GenerativeUncertaintyModule(adapter, str(path), likelihoods=[PixelLikelihood(), PixelLikelihood()])

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from genunc_lightning.seeding import derive_seed
 
 UNCONDITIONAL = -1
+MAX_SAMPLES = 100_000_000
 
 
 def missing_indices(index: Iterable[int] | torch.Tensor, num_samples: int) -> list[int]:
@@ -92,8 +93,15 @@ class SeedDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}.")
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+        num_samples, batch_size = int(num_samples), int(batch_size)
+        if num_samples > MAX_SAMPLES:
+            raise ValueError(
+                f"num_samples={num_samples} is more than one run directory holds ({MAX_SAMPLES:.0e}: its index and "
+                "table are kept in memory). Split the run over several output directories with different data seeds."
+            )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.num_classes, self.classes, self.num_workers = num_classes, classes, num_workers
         self.skip_indices: set[int] = set()

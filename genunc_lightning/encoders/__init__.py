@@ -9,6 +9,7 @@ missing file fails at once with a message that says how to pass one.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,34 @@ def _require_file(path: str | os.PathLike | None, what: str, how: str) -> Path:
     if path is None or not Path(path).is_file():
         raise MissingWeightsError(f"No weights file for {what} at {path!r}. {how}")
     return Path(path)
+
+
+def load_state_dict_safely(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a safetensors or torch file, never executing code stored in it.
+
+    Raises:
+        MissingWeightsError: the file is not a state dict of tensors (for instance a pickle that would
+            run code when loaded); it names the file and how to convert it.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an unsafe pickle raises UnpicklingError; a corrupt file other errors
+        raise MissingWeightsError(
+            f"{path} is not a plain weights file for {what}: it cannot be loaded as tensors only "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Files that need code to "
+            "load are refused; save the model's state_dict() with torch.save or safetensors."
+        ) from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MissingWeightsError(f"{path} holds no state dict of tensors for {what}.")
+    return state
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -245,9 +274,16 @@ class InceptionEncoder(FeatureExtractor):
             "torch-fidelity Inception-v3",
             "Pass weights_path=/path/to/weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID weights).",
         )
-        self.model = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
-        ).eval()
+        # torch-fidelity loads the path it is given with torch.load(weights_only=False), which runs any
+        # code pickled in the file. So the user's file is read here, as tensors only, and torch-fidelity
+        # gets a file written from those verified tensors.
+        state_dict = load_state_dict_safely(path, "torch-fidelity Inception-v3")
+        with tempfile.TemporaryDirectory() as tmp:
+            verified = Path(tmp) / "inception.pt"
+            torch.save(state_dict, verified)
+            self.model = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(verified)
+            ).eval()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

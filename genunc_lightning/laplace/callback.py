@@ -9,8 +9,15 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from genunc_lightning.io import check_writable_file
 from genunc_lightning.laplace.fisher import FisherBatch
-from genunc_lightning.laplace.posterior import AUTO, DiagonalLaplacePosterior
+from genunc_lightning.laplace.posterior import AUTO, DiagonalLaplacePosterior, FisherConvention, fisher_convention
+
+PRESETS = {
+    # The paper's public code: laplace-torch's regression EF with σ = λ = 1 and N = n (precision 2H + 1).
+    "paper": {"sigma": 1.0, "prior_precision": 1.0, "dataset_size": None, "temperature": 1.0,
+              "convention": FisherConvention.LAPLACE_TORCH},
+}  # fmt: skip
 
 
 class FisherAccumulationCallback(Callback):
@@ -27,6 +34,10 @@ class FisherAccumulationCallback(Callback):
         dataset_size: N, the training-set size the likelihood is scaled to (default: n, the
             examples seen, as in the paper's public code).
         temperature: multiplies the posterior variance.
+        convention: how the Fisher enters the precision: ``ef`` ((N/n)·H/σ⁴ + λ, the empirical Fisher
+            of N(f, σ²)) or ``laplace_torch`` ((N/n)·2H/σ² + λ, laplace-torch's regression EF).
+        preset: ``paper`` sets σ = λ = 1, N = n, temperature 1 and ``laplace_torch``: the posterior of
+            the paper's public code. Any of those options given with another value is an error.
     """
 
     def __init__(
@@ -36,7 +47,25 @@ class FisherAccumulationCallback(Callback):
         prior_precision: float | str = AUTO,
         dataset_size: int | None = None,
         temperature: float = 1.0,
+        convention: str = FisherConvention.EF.value,
+        preset: str | None = None,
     ) -> None:
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+            given = {"sigma": sigma, "prior_precision": prior_precision, "dataset_size": dataset_size,
+                     "temperature": temperature, "convention": convention}  # fmt: skip
+            defaults = {"sigma": AUTO, "prior_precision": AUTO, "dataset_size": None, "temperature": 1.0,
+                        "convention": FisherConvention.EF.value}  # fmt: skip
+            fixed = PRESETS[preset]
+            clash = [k for k in given if given[k] != defaults[k] and given[k] != fixed[k]]
+            if clash:
+                raise ValueError(
+                    f"preset={preset!r} fixes {', '.join(clash)}; drop "
+                    f"{'that option' if len(clash) == 1 else 'those options'} or the preset."
+                )
+            sigma, prior_precision, dataset_size = fixed["sigma"], fixed["prior_precision"], fixed["dataset_size"]
+            temperature, convention = fixed["temperature"], fixed["convention"]
         for name, value in (("sigma", sigma), ("prior_precision", prior_precision)):
             if value != AUTO and not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name} must be 'auto' or a positive number, got {value!r}.")
@@ -47,12 +76,19 @@ class FisherAccumulationCallback(Callback):
         self.prior_precision = prior_precision
         self.dataset_size = dataset_size
         self.temperature = temperature
+        self.convention = fisher_convention(convention)  # fails here, not after the Fisher pass
+        self.preset = preset
         self.posterior: DiagonalLaplacePosterior | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._diag: dict[str, torch.Tensor] | None = None
         self._totals = torch.zeros(3, dtype=torch.float64)  # squared residuals, residual count, examples
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Checks, before the Fisher pass, that the posterior file can be written."""
+        if self.output is not None and trainer.is_global_zero:
+            check_writable_file(self.output, "the posterior (laplace.output)")
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Clears the sums."""
@@ -112,7 +148,10 @@ class FisherAccumulationCallback(Callback):
             prior_precision=self.prior_precision,
             dataset_size=self.dataset_size,
             temperature=self.temperature,
+            convention=self.convention,
         )
+        if self.preset is not None:
+            self.posterior.info["preset"] = self.preset
         if trainer.is_global_zero and self.output is not None:
             path = self.posterior.save(self.output)
             rank_zero_info(f"{self.posterior.format_summary()}\nPosterior written to {Path(path).resolve()}")

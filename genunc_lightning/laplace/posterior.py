@@ -1,8 +1,16 @@
 """The diagonal last-layer Laplace posterior: fit from a Fisher, sample, save, load, export.
 
-Precision = (N/n)·H/σ² + λ, with H the diagonal empirical Fisher of the per-example loss
-½‖prediction − target‖² over n examples (out of a training set of N), σ the observation noise
-and λ the prior precision. The variance is temperature / precision. Mean = the pretrained layer.
+H is the diagonal sum Σ(Jᵀr)² of squared per-example gradients of ½‖prediction − target‖² over n
+examples (out of a training set of N); σ is the observation noise, λ the prior precision. How H
+becomes a likelihood precision is the posterior's ``convention``:
+
+- ``ef`` (default): the empirical Fisher of the likelihood N(prediction, σ²). Its per-example
+  gradient is Jᵀr/σ², so precision = (N/n)·H/σ⁴ + λ.
+- ``laplace_torch``: laplace-torch's regression EF, which squares the gradient of Σ(f − y)² with a
+  factor ½ (2·Σ(Jᵀr)²) and divides by σ²: precision = (N/n)·2H/σ² + λ. The paper's public code
+  used it with σ = λ = 1 and N = n, i.e. 2H + 1: that is ``paper()``.
+
+The variance is temperature / precision. Mean = the pretrained layer.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +30,30 @@ from genunc_lightning.adapters.base import LastLayerError, layer_parameters, res
 from genunc_lightning.io import atomic_path
 
 FORMAT = "genunc-lightning/diagonal-laplace"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 AUTO = "auto"
+
+
+class FisherConvention(str, Enum):
+    """How the accumulated H = Σ(Jᵀr)² enters the likelihood precision (see the module docstring)."""
+
+    EF = "ef"
+    LAPLACE_TORCH = "laplace_torch"
+
+
+def fisher_convention(value: FisherConvention | str) -> FisherConvention:
+    """Parses a convention name, with an error that lists the choices."""
+    try:
+        return FisherConvention(value)
+    except ValueError:
+        choices = ", ".join(c.value for c in FisherConvention)
+        raise ValueError(f"Unknown Fisher convention {value!r}; choose one of {choices}.") from None
+
+
+def likelihood_precision_factor(convention: FisherConvention | str, sigma: float) -> float:
+    """The factor c in precision = (N/n)·c·H + λ: 1/σ⁴ for ``ef``, 2/σ² for ``laplace_torch``."""
+    convention = fisher_convention(convention)
+    return 1.0 / sigma**4 if convention is FisherConvention.EF else 2.0 / sigma**2
 
 
 class PosteriorFileError(ValueError):
@@ -50,7 +81,8 @@ def mean_squared_residual(squared_residual_sum: float, num_residuals: int) -> fl
 def log_marginal_likelihood(prior_precision: float, theta_sq_norm: float, h: torch.Tensor) -> float:
     """Diagonal-Laplace log marginal likelihood as a function of λ, up to λ-free terms.
 
-    −½λ‖θ*‖² + (P/2)·log λ − ½ Σ_i log(h_i + λ), with h = (N/n)·H/σ² the likelihood precision.
+    −½λ‖θ*‖² + (P/2)·log λ − ½ Σ_i log(h_i + λ), with h = (N/n)·c·H the likelihood precision
+    (c from ``likelihood_precision_factor``).
     """
     h = h.double()
     lam = float(prior_precision)
@@ -95,6 +127,11 @@ def last_layer_fingerprint(layer: nn.Module) -> str:
 
 # --- the posterior ----------------------------------------------------------------------------
 
+_CONVENTION_TEXT = {
+    FisherConvention.EF: "precision = (N/n)·H/σ⁴ + λ",
+    FisherConvention.LAPLACE_TORCH: "laplace-torch: precision = (N/n)·2H/σ² + λ",
+}
+
 
 class DiagonalLaplacePosterior:
     """Diagonal Gaussian over the last layer's parameters.
@@ -114,6 +151,7 @@ class DiagonalLaplacePosterior:
         temperature: multiplies the posterior variance.
         fingerprint: ``last_layer_fingerprint`` of the pretrained layer.
         info: extra facts kept in the file (how σ and λ were chosen, residual statistics).
+        convention: how H enters the precision, ``ef`` or ``laplace_torch`` (``FisherConvention``).
     """
 
     def __init__(
@@ -129,6 +167,7 @@ class DiagonalLaplacePosterior:
         temperature: float = 1.0,
         fingerprint: str = "",
         info: Mapping[str, Any] | None = None,
+        convention: FisherConvention | str = FisherConvention.EF,
     ) -> None:
         if set(mean) != set(fisher):
             raise ValueError(f"mean has parameters {sorted(mean)}, fisher has {sorted(fisher)}.")
@@ -137,11 +176,23 @@ class DiagonalLaplacePosterior:
                 raise ValueError(f"Parameter {n!r}: mean {tuple(mean[n].shape)} vs fisher {tuple(fisher[n].shape)}.")
         if num_examples < 1:
             raise ValueError("num_examples must be at least 1.")
-        if sigma <= 0 or prior_precision <= 0 or temperature < 0:
+        scalars = (float(sigma), float(prior_precision), float(temperature))
+        if not all(math.isfinite(v) for v in scalars) or sigma <= 0 or prior_precision <= 0 or temperature < 0:
             raise ValueError(
-                "sigma and prior_precision must be positive and temperature non-negative, got "
+                "sigma and prior_precision must be positive and finite, and temperature finite and non-negative; got "
                 f"{sigma}, {prior_precision}, {temperature}."
             )
+        for n in mean:
+            if not torch.isfinite(fisher[n]).all() or (fisher[n] < 0).any():
+                raise ValueError(
+                    f"The Fisher of {n!r} has NaN, infinite or negative entries, but a diagonal Fisher is a sum of "
+                    "squares. Refit the posterior with `genunc fit_laplace`."
+                )
+            if not torch.isfinite(mean[n]).all():
+                raise ValueError(
+                    f"The pretrained {n!r} has NaN or infinite entries: the checkpoint is damaged or the model "
+                    "diverged."
+                )
         self.last_layer = last_layer
         self.layer_type = layer_type
         self.mean = {n: v.detach().cpu().clone() for n, v in mean.items()}
@@ -153,6 +204,7 @@ class DiagonalLaplacePosterior:
         self.temperature = float(temperature)
         self.fingerprint = fingerprint
         self.info = dict(info or {})
+        self.convention = fisher_convention(convention)
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -169,6 +221,7 @@ class DiagonalLaplacePosterior:
         prior_precision: float | str = AUTO,
         dataset_size: int | None = None,
         temperature: float = 1.0,
+        convention: FisherConvention | str = FisherConvention.EF,
     ) -> DiagonalLaplacePosterior:
         """Builds the posterior around ``layer``'s current parameters from an accumulated Fisher.
 
@@ -181,9 +234,10 @@ class DiagonalLaplacePosterior:
             num_residuals: the number of entries in that sum.
             sigma: a positive float, or ``"auto"``: σ² = the mean squared residual.
             prior_precision: a positive float, or ``"auto"``: the λ maximising the diagonal-Laplace
-                log marginal likelihood.
+                log marginal likelihood (computed with this ``convention``'s likelihood precision).
             dataset_size: N (default n).
             temperature: multiplies the posterior variance.
+            convention: ``ef`` (precision (N/n)·H/σ⁴ + λ) or ``laplace_torch`` ((N/n)·2H/σ² + λ).
 
         Raises:
             ZeroFisherError: H is zero everywhere.
@@ -202,7 +256,8 @@ class DiagonalLaplacePosterior:
         big_n = int(dataset_size) if dataset_size is not None else n
         mean = {k: v.detach().cpu().clone() for k, v in layer_parameters(layer).items()}
         if prior_precision == AUTO:
-            h = torch.cat([f.double().flatten() for f in fisher.values()]) * (big_n / n) / sigma_value**2
+            scale = (big_n / n) * likelihood_precision_factor(convention, sigma_value)
+            h = torch.cat([f.double().flatten() for f in fisher.values()]) * scale
             theta_sq = sum(float(m.double().pow(2).sum()) for m in mean.values())
             lam = optimal_prior_precision(theta_sq, h)
         else:
@@ -226,6 +281,7 @@ class DiagonalLaplacePosterior:
             temperature,
             last_layer_fingerprint(layer),
             info,
+            convention,
         )
 
     def with_scale(
@@ -234,8 +290,17 @@ class DiagonalLaplacePosterior:
         prior_precision: float | None = None,
         temperature: float | None = None,
         dataset_size: int | None = None,
+        convention: FisherConvention | str | None = None,
     ) -> DiagonalLaplacePosterior:
-        """A copy with other σ, λ, temperature or N (for sweeps); the Fisher is reused."""
+        """A copy with other σ, λ, temperature, N or convention (for sweeps); the Fisher is reused.
+
+        A changed σ or λ is recorded as ``fixed`` in ``info`` (no automatic choice is re-run).
+        """
+        info = dict(self.info)
+        if sigma is not None and sigma != self.sigma:
+            info["sigma_mode"] = "fixed"
+        if prior_precision is not None and prior_precision != self.prior_precision:
+            info["prior_precision_mode"] = "fixed"
         return DiagonalLaplacePosterior(
             self.last_layer,
             self.layer_type,
@@ -247,15 +312,34 @@ class DiagonalLaplacePosterior:
             prior_precision if prior_precision is not None else self.prior_precision,
             temperature if temperature is not None else self.temperature,
             self.fingerprint,
-            self.info,
+            info,
+            convention if convention is not None else self.convention,
+        )
+
+    def paper(self) -> DiagonalLaplacePosterior:
+        """The paper's posterior, exactly as its public code fits it, from this Fisher.
+
+        laplace-torch's regression EF with σ = λ = 1, N = n and temperature 1: precision 2H + 1.
+        """
+        return self.with_scale(
+            sigma=1.0,
+            prior_precision=1.0,
+            temperature=1.0,
+            dataset_size=self.num_examples,
+            convention=FisherConvention.LAPLACE_TORCH,
         )
 
     # -- the distribution ------------------------------------------------------------------
 
     @property
+    def likelihood_scale(self) -> float:
+        """(N/n)·c, the factor that turns H into the likelihood precision (c: 1/σ⁴ or 2/σ²)."""
+        return self.dataset_size / self.num_examples * likelihood_precision_factor(self.convention, self.sigma)
+
+    @property
     def precision(self) -> dict[str, torch.Tensor]:
-        """(N/n)·H/σ² + λ per parameter, float64."""
-        scale = self.dataset_size / self.num_examples / self.sigma**2
+        """(N/n)·c·H + λ per parameter, float64 (c from the convention: 1/σ⁴ or 2/σ²)."""
+        scale = self.likelihood_scale
         return {n: f * scale + self.prior_precision for n, f in self.fisher.items()}
 
     @property
@@ -351,6 +435,7 @@ class DiagonalLaplacePosterior:
             "prior_precision": repr(self.prior_precision),
             "temperature": repr(self.temperature),
             "fingerprint": self.fingerprint,
+            "convention": self.convention.value,
             "package_version": __version__,
             "info": json.dumps(self.info),
         }
@@ -366,11 +451,21 @@ class DiagonalLaplacePosterior:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> DiagonalLaplacePosterior:
+    def load(cls, path: str | Path, upgrade: bool = False) -> DiagonalLaplacePosterior:
         """Reads a file written by ``save``.
 
+        Files of format version 1 (genunc-lightning 0.1) meant precision = (N/n)·H/σ² + λ, which is
+        neither convention: they are refused, unless ``upgrade`` re-scores their Fisher as ``ef``.
+        H itself is convention-free, so no new Fisher pass is needed: an ``auto`` σ stays the recorded
+        mean squared residual, an ``auto`` λ is re-maximised, fixed values are kept.
+
+        Args:
+            path: the safetensors file.
+            upgrade: read a version-1 file with the ``ef`` convention instead of refusing it.
+
         Raises:
-            PosteriorFileError: the file is missing, truncated, or not a genunc-lightning posterior.
+            PosteriorFileError: the file is missing, truncated, not a genunc-lightning posterior, or of
+                version 1 without ``upgrade``.
         """
         from safetensors import safe_open
 
@@ -390,16 +485,23 @@ class DiagonalLaplacePosterior:
                 f"{path} is a safetensors file but not a genunc-lightning posterior (format "
                 f"{meta.get('format')!r}, expected {FORMAT!r})."
             )
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version == "1" and not upgrade:
             raise PosteriorFileError(
-                f"{path} has posterior format version {meta.get('format_version')!r}; this version of "
-                f"genunc-lightning reads version {FORMAT_VERSION}."
+                f"{path} was written by genunc-lightning 0.1, whose precision (N/n)·H/σ² + λ was off by a factor "
+                "σ² for the empirical Fisher. Refit it with `genunc fit_laplace` (same config), or re-score its "
+                "Fisher without a new pass: DiagonalLaplacePosterior.load(path, upgrade=True)."
+            )
+        if version not in (FORMAT_VERSION, "1"):
+            raise PosteriorFileError(
+                f"{path} has posterior format version {version!r}; this version of genunc-lightning reads "
+                f"version {FORMAT_VERSION} (and version 1 with upgrade=True)."
             )
         try:
             shapes = json.loads(meta["shapes"])
             mean = {n: tensors[f"mean.{n}"] for n in shapes}
             fisher = {n: tensors[f"fisher.{n}"] for n in shapes}
-            return cls(
+            post = cls(
                 meta["last_layer"],
                 meta["layer_type"],
                 mean,
@@ -411,9 +513,22 @@ class DiagonalLaplacePosterior:
                 float(meta["temperature"]),
                 meta["fingerprint"],
                 json.loads(meta.get("info", "{}")),
+                meta["convention"] if version == FORMAT_VERSION else FisherConvention.EF,
             )
         except (KeyError, ValueError) as err:
-            raise PosteriorFileError(f"{path} is an incomplete posterior file ({err!r}).") from err
+            raise PosteriorFileError(f"{path} is not a valid posterior file: {err}") from err
+        return post if version == FORMAT_VERSION else post._rescored_from_version_1()
+
+    def _rescored_from_version_1(self) -> DiagonalLaplacePosterior:
+        lam = self.prior_precision
+        if self.info.get("prior_precision_mode") == AUTO:
+            h = torch.cat([f.flatten() for f in self.fisher.values()]) * self.likelihood_scale
+            lam = optimal_prior_precision(sum(float(m.double().pow(2).sum()) for m in self.mean.values()), h)
+        info = {**self.info, "upgraded_from_format_version": "1", "version_1_prior_precision": self.prior_precision}
+        return DiagonalLaplacePosterior(
+            self.last_layer, self.layer_type, self.mean, self.fisher, self.num_examples, self.dataset_size,
+            self.sigma, lam, self.temperature, self.fingerprint, info, FisherConvention.EF,
+        )  # fmt: skip
 
     # -- reporting and interop -------------------------------------------------------------
 
@@ -431,6 +546,7 @@ class DiagonalLaplacePosterior:
             "prior_precision": self.prior_precision,
             "prior_precision_mode": self.info.get("prior_precision_mode", "fixed"),
             "temperature": self.temperature,
+            "convention": self.convention.value,
             "fisher_min": h.min().item(),
             "fisher_median": h.median().item(),
             "fisher_max": h.max().item(),
@@ -451,6 +567,7 @@ class DiagonalLaplacePosterior:
                 f"  sigma            {s['sigma']:.4g} ({s['sigma_mode']})",
                 f"  prior precision  {s['prior_precision']:.4g} ({s['prior_precision_mode']})",
                 f"  temperature      {s['temperature']:.4g}",
+                f"  convention       {s['convention']} ({_CONVENTION_TEXT[self.convention]})",
                 f"  Fisher           min {s['fisher_min']:.3g}  median {s['fisher_median']:.3g}  "
                 f"max {s['fisher_max']:.3g}",
                 f"  posterior std    min {s['std_min']:.3g}  median {s['std_median']:.3g}  "
@@ -462,17 +579,18 @@ class DiagonalLaplacePosterior:
         return (
             f"DiagonalLaplacePosterior(last_layer={self.last_layer!r}, params={self.num_params}, "
             f"n={self.num_examples}, N={self.dataset_size}, sigma={self.sigma:.4g}, "
-            f"prior_precision={self.prior_precision:.4g}, temperature={self.temperature:.4g})"
+            f"prior_precision={self.prior_precision:.4g}, temperature={self.temperature:.4g}, "
+            f"convention={self.convention.value!r})"
         )
 
     def to_laplace_torch(self, model: nn.Module) -> Any:
         """Exports to a fitted ``laplace.DiagLLLaplace`` with the same posterior (nn.Linear only).
 
-        Conventions: laplace-torch's regression likelihood uses the loss Σ(f − y)² with a factor ½,
-        so the H its ``fit`` computes on the same batches is 2× ours, and it never rescales by N/n.
-        The export therefore sets ``H = (N/n)·H_ours / T``, ``prior_precision = λ / T``,
-        ``sigma_noise = σ`` and temperature 1, so that its ``posterior_precision`` is ours and its
-        ``posterior_variance`` equals ``self.variance`` (flattened weight, then bias).
+        laplace-torch's precision is H_la/σ² + λ (its temperature 1). The export sets
+        ``H_la = σ²·(N/n)·c·H / T`` (c from this posterior's convention) and ``prior_precision = λ / T``,
+        so that its ``posterior_precision`` is ours and its ``posterior_variance`` equals
+        ``self.variance`` (flattened weight, then bias), in either convention. For ``paper()`` that is
+        H_la = 2H: exactly what laplace-torch's own ``fit`` computes on the same batches.
 
         Args:
             model: the model whose last layer this posterior belongs to; laplace-torch deep-copies it.
@@ -495,7 +613,7 @@ class DiagonalLaplacePosterior:
         )
         dtype = next(iter(self.mean.values())).dtype
         device = next(iter(layer_parameters(layer).values())).device
-        scale = self.dataset_size / self.num_examples / self.temperature
+        scale = self.sigma**2 * self.likelihood_scale / self.temperature
         la.H = (torch.cat([f.flatten() for f in self.fisher.values()]) * scale).to(device, dtype)
         la.mean = torch.cat([m.flatten() for m in self.mean.values()]).to(device, dtype)
         la.n_data = self.dataset_size

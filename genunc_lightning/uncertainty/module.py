@@ -9,10 +9,19 @@ import torch
 from lightning.pytorch import LightningModule
 
 from genunc_lightning.adapters.base import DiffusionAdapter
-from genunc_lightning.data.predict import collate_check
+from genunc_lightning.data.predict import UNCONDITIONAL, collate_check
 from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
 from genunc_lightning.uncertainty.baselines import BaselineScore, DeepEnsemble
 from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood
+from genunc_lightning.uncertainty.writer import check_score_names
+
+PRETRAINED_MEMBER_CHOICES = ("kept", "rerun")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+        raise ValueError(f"{name} must be a positive whole number of sampler steps, got {value!r}.")
+    return int(value)
 
 
 class GenerativeUncertaintyModule(LightningModule):
@@ -23,8 +32,14 @@ class GenerativeUncertaintyModule(LightningModule):
     generated with the pretrained weights and ``steps`` (T) steps, and M member samples are generated
     from the same initial noise and sampler randomness with the drawn weights and ``member_steps``
     (T') steps. Members are batched into one forward, ``member_chunk`` of them at a time. Each
-    likelihood scores the K = M + 1 members (the kept sample included; ``include_pretrained=False``
-    uses the M drawn members only, which needs M ≥ 2).
+    likelihood scores the K = M + 1 members: the pretrained member and the M drawn ones
+    (``include_pretrained=False`` uses the M drawn members only, which needs M ≥ 2).
+
+    With T' < T the pretrained member is either the kept sample itself (``pretrained_member="kept"``:
+    cost T + M·T' network evaluations, but the variance then includes the gap between T and T'
+    steps, which is not zero even for a zero-variance posterior), or the pretrained weights re-run
+    at T' (``"rerun"``: cost T + (M + 1)·T', and every scored member runs the same sampler, so the
+    variance is the posterior's alone). With T' = T the two are the same samples.
 
     ``posterior`` may also be a ``DeepEnsemble``: then each member is a whole denoiser run from the
     same seeds, and M is the number of its checkpoints. ``baselines`` (BayesDiff, AU) add their own
@@ -43,7 +58,9 @@ class GenerativeUncertaintyModule(LightningModule):
         steps: T, the kept sample's sampler steps (the adapter's default when ``None``).
         member_steps: T', the members' steps (T when ``None``); must not exceed T.
         posterior_seed: seed of the M weight draws.
-        include_pretrained: count the kept sample as a member of the variance.
+        include_pretrained: count the pretrained member in the variance.
+        pretrained_member: with T' < T, ``kept`` (the kept sample, T steps) or ``rerun`` (the
+            pretrained weights re-run at T' steps) is the pretrained member.
         member_chunk: weight sets per batched forward; bounds memory. ``None`` chooses by device: all of
             them in one forward on an accelerator, one at a time on the CPU (where a larger batch runs
             slower per sample, measured in ``benchmarks/sampling.py``).
@@ -68,8 +85,13 @@ class GenerativeUncertaintyModule(LightningModule):
         temperature: float | None = None,
         save_variance_maps: bool = False,
         baselines: list[BaselineScore] | None = None,
+        pretrained_member: str = "kept",
     ) -> None:
         super().__init__()
+        if pretrained_member not in PRETRAINED_MEMBER_CHOICES:
+            raise ValueError(
+                f"pretrained_member must be one of {', '.join(PRETRAINED_MEMBER_CHOICES)}, got {pretrained_member!r}."
+            )
         ensemble = isinstance(posterior, DeepEnsemble)
         if ensemble and num_members is not None and num_members != posterior.num_members:
             raise ValueError(f"num_members={num_members}, but the ensemble has {posterior.num_members} checkpoints.")
@@ -82,10 +104,11 @@ class GenerativeUncertaintyModule(LightningModule):
         if checkpoint is not None:
             adapter.load_weights(checkpoint)
         adapter.check_last_layer_reached()
-        self.steps = int(steps or getattr(adapter, "steps", 0) or 0)
-        if self.steps < 1:
+        steps = steps if steps is not None else getattr(adapter, "steps", None)
+        if steps is None:
             raise ValueError("steps (T) must be given for an adapter without a default number of steps.")
-        self.member_steps = int(member_steps or self.steps)
+        self.steps = _positive_int(steps, "steps (T)")
+        self.member_steps = _positive_int(member_steps if member_steps is not None else self.steps, "member_steps (T')")
         if self.member_steps > self.steps:
             raise ValueError(
                 f"member_steps (T' = {self.member_steps}) must not exceed steps (T = {self.steps}): the cheaper "
@@ -100,20 +123,19 @@ class GenerativeUncertaintyModule(LightningModule):
         self.posterior = posterior
         likelihoods = likelihoods if likelihoods is not None else [PixelLikelihood()]
         names = [lik.name for lik in likelihoods]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"Give at least one likelihood, with distinct names; got {names}.")
+        if not names:
+            raise ValueError("Give at least one likelihood.")
         self.likelihoods = torch.nn.ModuleList(likelihoods)
         self.num_members = num_members
         self.posterior_seed = posterior_seed
         self.include_pretrained = include_pretrained
+        self.pretrained_member = pretrained_member
         if member_chunk is not None and member_chunk < 1:
             raise ValueError(f"member_chunk must be at least 1, got {member_chunk}.")
         self.member_chunk = member_chunk
         self.save_variance_maps = save_variance_maps
         self.baselines = torch.nn.ModuleList(baselines or [])
-        columns = names + [b.name for b in self.baselines]
-        if len(set(columns)) != len(columns):
-            raise ValueError(f"Score names must be distinct; got {columns}.")
+        check_score_names(names + [b.name for b in self.baselines])
         for baseline in self.baselines:
             baseline.check(adapter, posterior, self.steps)
         self.ensemble = torch.nn.ModuleList(posterior.load(adapter) if ensemble else [])
@@ -139,6 +161,7 @@ class GenerativeUncertaintyModule(LightningModule):
             "member_steps": self.member_steps,
             "posterior_seed": self.posterior_seed,
             "include_pretrained": self.include_pretrained,
+            "pretrained_member": self.pretrained_member,
             "likelihoods": [lik.identity() for lik in self.likelihoods],
         }
 
@@ -168,18 +191,30 @@ class GenerativeUncertaintyModule(LightningModule):
         """The M member samples [M, B, ...] from the same seeds, with the drawn weight sets."""
         return self.generate(seeds, classes, steps, self._weight_sets(slice(1, None)))
 
+    @property
+    def reruns_pretrained(self) -> bool:
+        """Whether the pretrained member is a T'-step re-run rather than the kept sample itself."""
+        return self.pretrained_member == "rerun" and self.member_steps < self.steps
+
+    def network_evaluations_per_sample(self) -> int:
+        """The NFE bound of one scored sample (Laplace members; baselines not counted)."""
+        m, t, t_member = self.num_members, self.steps, self.member_steps
+        return t + (m + 1) * t_member if self.reruns_pretrained else t + m * t_member
+
     def generate_scored(self, seeds: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(kept samples [B, ...], the members the score is computed over [K, B, ...]).
 
-        The kept sample is member 0, sampled with the pretrained weights through the same batched
-        path as the drawn members, so a zero-variance posterior gives exactly zero variance. With
-        T' = T, kept and members share the batched forwards. For a deep ensemble, each member
-        denoiser runs the same sampler in turn.
+        The pretrained member is sampled through the same batched path as the drawn members, so a
+        zero-variance posterior gives exactly zero variance when all members share T' (always with
+        T' = T, and with ``pretrained_member="rerun"``). With T' = T, kept and members share the
+        batched forwards. For a deep ensemble, each member denoiser runs the same sampler in turn.
         """
         if self.ensemble:
             kept = self.adapter.sample(seeds, classes, steps=self.steps)
             own = self.adapter.denoiser
             members = []
+            if self.reruns_pretrained:
+                members.append(self.adapter.sample(seeds, classes, steps=self.member_steps))
             try:
                 for member in self.ensemble:
                     self.adapter.denoiser = member
@@ -192,13 +227,29 @@ class GenerativeUncertaintyModule(LightningModule):
             kept, members = both[0], both[1:]
         else:
             kept = self.generate(seeds, classes, self.steps, self._weight_sets(slice(0, 1)))[0]
-            members = self.generate_members(seeds, classes, self.member_steps)
+            first = 0 if self.reruns_pretrained else 1
+            members = self.generate(seeds, classes, self.member_steps, self._weight_sets(slice(first, None)))
+        if self.reruns_pretrained:  # members[0] is the pretrained re-run at T'
+            return kept, members if self.include_pretrained else members[1:]
         return kept, torch.cat([kept[None], members]) if self.include_pretrained else members
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Samples, members and scores for one batch of ``{"index", "seed", "class"}``."""
         index, seeds, classes = collate_check(batch)
-        cond = classes.to(self.device) if self.adapter.num_classes is not None else None
+        num_classes = self.adapter.num_classes
+        if num_classes is None:
+            cond, classes = None, torch.full_like(classes, UNCONDITIONAL)  # the table records what was used
+        else:
+            bad = (classes < 0) | (classes >= num_classes)
+            if bad.any():
+                given = sorted(set(classes[bad].tolist()))[:5]
+                hint = ("the data gives none: set data.num_classes" if UNCONDITIONAL in given
+                        else "set data.num_classes or data.classes to match the model")  # fmt: skip
+                raise ValueError(
+                    f"The model is class-conditional with {num_classes} classes (0 … {num_classes - 1}), but samples "
+                    f"{index[bad][:5].tolist()} ask for classes {given}: {hint}."
+                )
+            cond = classes.to(self.device)
         kept, members = self.generate_scored(seeds, cond)
         k, b = members.shape[:2]
         decoded = self.adapter.decode(members.flatten(0, 1))
@@ -206,13 +257,22 @@ class GenerativeUncertaintyModule(LightningModule):
         scores = {lik.name: lik.score(decoded) for lik in self.likelihoods}
         for baseline in self.baselines:
             scores[baseline.name] = baseline.score(self.adapter, self.posterior, seeds, cond, self.steps)
+        for name, value in scores.items():
+            if not torch.isfinite(value).all():
+                bad = index[~torch.isfinite(value.cpu())][:10].tolist()
+                raise FloatingPointError(
+                    f"Score {name!r} is NaN or infinite for samples {bad}: the samples or member weights are not "
+                    "finite. Check the checkpoint (NaN weights?) and the posterior file (genunc fit_laplace)."
+                )
         out: dict[str, Any] = {
             "index": index,
             "seed": seeds,
             "class": classes,
             "scores": scores,
             # With the kept sample among the members (member 0) it is decoded already.
-            "sample": decoded[0] if self.include_pretrained else self.adapter.decode(kept),
+            "sample": decoded[0]
+            if self.include_pretrained and not self.reruns_pretrained
+            else self.adapter.decode(kept),
         }
         if self.save_variance_maps:
             out["variance_maps"] = PixelLikelihood.variance_map(decoded)

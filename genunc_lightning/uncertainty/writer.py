@@ -10,14 +10,20 @@ A predict run directory holds:
 - ``images/<index>.png`` when ``save_png`` is on (image samples only).
 
 A re-run of the same command reads the shards, drops unreadable (e.g. truncated) ones, generates
-only the missing indices and rewrites the table.
+only the missing indices and rewrites the table (also when nothing is missing, e.g. after a crash
+between the last shard and the table). A lock file (``.lock``, held by rank 0 for the whole run)
+refuses a second run into the same directory while one is writing. A run that fails before it
+has written any shard leaves the directory as it found it.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -34,8 +40,35 @@ from genunc_lightning.io import atomic_path, write_text_atomic
 
 MANIFEST = "manifest.json"
 SCORES = "scores.csv"
+LOCK = ".lock"
 SHARD_FORMAT = "genunc-lightning/scored-shard"
 RUN_FORMAT = "genunc-lightning/predict-run"
+
+
+TABLE_COLUMNS = ("index", "seed", "class")
+# Columns `genunc evaluate` adds to the table, and the names of its reference rows.
+EVALUATION_COLUMNS = ("realism", "rarity", "random")
+SCORE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
+
+
+def check_score_names(names: Sequence[str]) -> None:
+    """Score names become table columns: distinct, plain (letters, digits, ``_``, ``-``) and not reserved.
+
+    Raises:
+        ValueError: a name is repeated, not plain, or one of ``TABLE_COLUMNS`` / ``EVALUATION_COLUMNS``.
+    """
+    if len(set(names)) != len(names):
+        raise ValueError(f"Score names must be distinct; got {list(names)}.")
+    for name in names:
+        if name in TABLE_COLUMNS or name in EVALUATION_COLUMNS:
+            raise ValueError(
+                f"Score name {name!r} is reserved (the table has {', '.join(TABLE_COLUMNS)}; evaluate adds "
+                f"{', '.join(EVALUATION_COLUMNS)}): give the likelihood or baseline another name."
+            )
+        if not SCORE_NAME.fullmatch(name):
+            raise ValueError(
+                f"Score name {name!r} is not a plain name: use letters, digits, '_' and '-', starting with a letter."
+            )
 
 
 class RunDirectoryError(ValueError):
@@ -89,6 +122,20 @@ def read_shards(
     if any(set(p) != keys for p in parts):
         raise RunDirectoryError(f"Shards in {directory} hold different columns: the run directory is inconsistent.")
     return {k: torch.cat([p[k] for p in parts]) for k in sorted(keys)}
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The run's manifest, with errors that name the file."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise RunDirectoryError(f"{directory} is not a predict run directory (no {MANIFEST}).")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirectoryError(
+            f"{path} is not valid JSON ({err}): the run directory is damaged. Re-run `genunc predict` into a new "
+            "output_dir, or delete this one."
+        ) from err
 
 
 def read_scores(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -146,13 +193,16 @@ class ScoredSampleWriter(BasePredictionWriter):
             "save_samples": self.save_samples,
         }
         identity = json.loads(json.dumps(identity, default=str))
+        self._rollback = None
+        created = not self.output_dir.exists()
+        self._acquire_lock(trainer)
         manifest_path = self.output_dir / MANIFEST
         other_run = ""
-        if manifest_path.is_file():
-            try:
-                previous = json.loads(manifest_path.read_text())
-            except json.JSONDecodeError as err:
-                raise RunDirectoryError(f"{manifest_path} is not valid JSON: remove the directory or fix it.") from err
+        previous_text = manifest_path.read_text() if manifest_path.is_file() else None
+        # What a failure before the first shard restores: (directory created by this run, old manifest).
+        self._rollback = (created, previous_text)
+        if previous_text is not None:
+            previous = read_manifest(self.output_dir)
             if previous.get("identity") != identity:
                 diff = sorted(
                     k
@@ -164,7 +214,7 @@ class ScoredSampleWriter(BasePredictionWriter):
                 )
                 if not self.replace_other_run:
                     raise RunDirectoryError(f"{other_run} Choose a new output_dir, or delete it.")
-        elif self.output_dir.exists() and any(self.output_dir.iterdir()):
+        elif self.output_dir.exists() and any(p.name != LOCK for p in self.output_dir.iterdir()):
             raise RunDirectoryError(
                 f"{self.output_dir} is not empty and has no {MANIFEST}: it is not a predict run directory."
             )
@@ -172,11 +222,15 @@ class ScoredSampleWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             if other_run:
                 rank_zero_info(f"{other_run} Replacing it (replace_other_run=True).")
-                shutil.rmtree(self.output_dir)
+                for child in self.output_dir.iterdir():  # everything but the lock this run holds
+                    if child.name != LOCK:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+                self._rollback = (created, None)
             read_shards(self.output_dir, remove_invalid=True, columns=["index"])
         trainer.strategy.barrier()
         done = read_shards(self.output_dir, columns=["index"]).get("index")  # the same view on every rank
         skip = set(done.tolist()) if done is not None else set()
+        self._written = []
         if skip:
             rank_zero_info(f"Resuming {self.output_dir}: {len(skip)} samples already written.")
         if hasattr(trainer.datamodule, "skip_indices"):
@@ -185,17 +239,77 @@ class ScoredSampleWriter(BasePredictionWriter):
             raise RunDirectoryError(
                 "The directory holds finished samples but the data module cannot skip them: use SeedDataModule."
             )
+        num_samples = getattr(trainer.datamodule, "num_samples", None)
+        finished = num_samples is not None and not missing_indices(sorted(skip), num_samples)
         if trainer.is_global_zero:
             manifest = {
                 "format": RUN_FORMAT,
                 "identity": identity,
                 "versions": _versions(),
                 "world_size": trainer.world_size,
-                "num_samples": getattr(trainer.datamodule, "num_samples", None),
+                "num_samples": num_samples,
                 "complete": False,
             }
             write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+            if finished:
+                # Lightning runs no predict hook for an empty loader, so the table is (re)built here.
+                rank_zero_info(f"{self.output_dir} holds every sample already; rebuilding {SCORES}.")
+                self.merge(num_samples)
         trainer.strategy.barrier()
+
+    def _acquire_lock(self, trainer: Trainer) -> None:
+        """Rank 0 holds an exclusive lock on ``<output_dir>/.lock`` until teardown; every rank learns the outcome."""
+        error = None
+        if trainer.is_global_zero:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.output_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                error = (
+                    f"Another `genunc predict` is writing into {self.output_dir} right now (it holds "
+                    f"{self.output_dir / LOCK}). Wait for it to finish, then re-run to add what is missing, or "
+                    "choose another output_dir."
+                )
+            else:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()}\n".encode())
+                self._lock_fd = fd
+        error = trainer.strategy.broadcast(error, src=0)
+        if error:
+            raise RunDirectoryError(error)
+
+    def _release_lock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            self._lock_fd = None
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Releases the run lock."""
+        if stage == "predict":
+            self._release_lock()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A run that fails before any shard was written leaves the directory as it found it."""
+        rollback, self._rollback = getattr(self, "_rollback", None), None
+        try:
+            if not trainer.is_global_zero or rollback is None:
+                return
+            if any((self.output_dir / "shards").glob("shard-*.safetensors")):
+                return  # finished samples stay: a re-run reuses them
+            created, previous_text = rollback
+            if previous_text is None:
+                (self.output_dir / MANIFEST).unlink(missing_ok=True)
+            else:
+                write_text_atomic(self.output_dir / MANIFEST, previous_text)
+            if created:
+                self._release_lock()
+                shutil.rmtree(self.output_dir, ignore_errors=True)
+        finally:
+            self._release_lock()
 
     # -- during sampling -------------------------------------------------------------------
 
@@ -227,6 +341,7 @@ class ScoredSampleWriter(BasePredictionWriter):
         name = f"shard-{int(index.min()):09d}-{int(index.max()):09d}-{uuid.uuid4().hex[:8]}.safetensors"
         with atomic_path(self.output_dir / "shards" / name) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": SHARD_FORMAT})
+        self._written.append(index)
         if self.save_png:
             self._write_pngs(index, prediction["sample"])
 
@@ -248,16 +363,45 @@ class ScoredSampleWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Merges the shards into ``scores.csv`` (rank 0, after every rank has finished)."""
+        written = torch.cat(self._written) if self._written else torch.zeros(0, dtype=torch.long)
+        per_rank = [written]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank = [None] * trainer.world_size
+            torch.distributed.all_gather_object(per_rank, written)
         trainer.strategy.barrier()
+        error = self._unseen_ranks_error(per_rank, max(1, trainer.num_devices)) if trainer.is_global_zero else None
+        error = trainer.strategy.broadcast(error, src=0)  # every rank fails together rather than wait on rank 0
+        if error:
+            raise RunDirectoryError(error)
         if trainer.is_global_zero:
             self.merge(getattr(trainer.datamodule, "num_samples", None))
         trainer.strategy.barrier()
 
+    def _unseen_ranks_error(self, per_rank: list[torch.Tensor], devices_per_node: int) -> str | None:
+        """Names the nodes whose shards rank 0 cannot see (an output directory that is not shared)."""
+        seen = read_shards(self.output_dir, columns=["index"]).get("index", torch.zeros(0, dtype=torch.long))
+        unseen = [r for r, idx in enumerate(per_rank) if idx.numel() and not torch.isin(idx, seen).all()]
+        if not unseen:
+            return None
+        nodes = sorted({r // devices_per_node for r in unseen})
+        return (
+            f"Shards written by node {', '.join(map(str, nodes))} (global rank {', '.join(map(str, unseen))}) are not "
+            f"visible in {self.output_dir} from node 0. In a multi-node run the output directory must be on a "
+            "filesystem shared by every node. Re-run on a shared directory; finished samples are reused."
+        )
+
     def merge(self, num_samples: int | None = None) -> Path:
-        """Writes the scores table from the shards; checks every index appears exactly once."""
+        """Writes the scores table from the shards; checks every index appears exactly once.
+
+        With ``num_samples``, the table holds indices 0 … num_samples − 1 only: shards of a larger
+        earlier run stay on disk (a later run may reuse them) but are not part of this run's table.
+        """
         cols = read_shards(self.output_dir, samples=False)  # the table only: the samples stay on disk
         if not cols:
             raise RunDirectoryError(f"No shards in {self.output_dir}: nothing was generated.")
+        if num_samples is not None:
+            in_range = cols["index"] < num_samples
+            cols = {k: v[in_range] for k, v in cols.items()}
         order = cols["index"].argsort()
         index = cols["index"][order]
         if (index[1:] == index[:-1]).any():
@@ -278,9 +422,8 @@ class ScoredSampleWriter(BasePredictionWriter):
         for row in zip(*[c.tolist() for c in columns], strict=True):
             writer.writerow([row[0], row[1], row[2], *[repr(float(v)) for v in row[3:]]])
         path = write_text_atomic(self.output_dir / SCORES, buf.getvalue())
-        manifest_path = self.output_dir / MANIFEST
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(self.output_dir)
         manifest.update({"complete": True, "num_written": int(index.numel())})
-        write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+        write_text_atomic(self.output_dir / MANIFEST, json.dumps(manifest, indent=2))
         rank_zero_info(f"Scores of {index.numel()} samples written to {path}")
         return path
