@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from genunc_lightning.checkpoints import load_state_dict
 from genunc_lightning.io import atomic_path
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
@@ -30,7 +29,7 @@ def export_weights(checkpoint: str | Path, output: str | Path, prefix: str) -> P
     """
     from safetensors.torch import save_file
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_state_dict(checkpoint, "the shipped assets")
     weights = {k[len(prefix) :]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{checkpoint} holds no weights under {prefix!r}.")

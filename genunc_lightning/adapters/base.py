@@ -344,20 +344,14 @@ class DiffusionAdapter(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         """Loads pretrained weights from a Lightning checkpoint, a state dict or a safetensors file.
 
-        A Lightning checkpoint of ``DiffusionTrainingModule`` holds keys ``adapter.denoiser.*`` and,
-        when trained with EMA, ``ema.*`` (preferred); a plain state dict or safetensors file holds the
-        denoiser's own keys.
+        No code stored in the file runs (see ``genunc_lightning.checkpoints``), so a Lightning
+        checkpoint whose hyperparameters hold classes loads too. A Lightning checkpoint of
+        ``DiffusionTrainingModule`` holds keys ``adapter.denoiser.*`` and, when trained with EMA,
+        ``ema.*`` (preferred); a plain state dict or safetensors file holds the denoiser's own keys.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No checkpoint at {path}: pass the path of a trained model's weights.")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from genunc_lightning.checkpoints import load_state_dict
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+        state = load_state_dict(path, type(self.denoiser).__name__)
         for prefix in ("ema.", "adapter.denoiser.", "denoiser."):
             if any(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

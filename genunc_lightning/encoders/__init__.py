@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genunc_lightning.adapters.base import module_fingerprint
+from genunc_lightning.checkpoints import CheckpointError, load_state_dict
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -31,34 +32,6 @@ def _require_file(path: str | os.PathLike | None, what: str, how: str) -> Path:
     if path is None or not Path(path).is_file():
         raise MissingWeightsError(f"No weights file for {what} at {path!r}. {how}")
     return Path(path)
-
-
-def load_state_dict_safely(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
-    """A state dict of tensors from a safetensors or torch file, never executing code stored in it.
-
-    Raises:
-        MissingWeightsError: the file is not a state dict of tensors (for instance a pickle that would
-            run code when loaded); it names the file and how to convert it.
-    """
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # an unsafe pickle raises UnpicklingError; a corrupt file other errors
-        raise MissingWeightsError(
-            f"{path} is not a plain weights file for {what}: it cannot be loaded as tensors only "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Files that need code to "
-            "load are refused; save the model's state_dict() with torch.save or safetensors."
-        ) from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MissingWeightsError(f"{path} holds no state dict of tensors for {what}.")
-    return state
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -234,12 +207,7 @@ class TimmEncoder(FeatureExtractor):
             "pretrained=True) and torch.save(model.state_dict(), ...)).",
         )
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state_dict(path, f"timm model {model_name!r}")
         state = {
             k: v
             for k, v in state.items()
@@ -277,7 +245,10 @@ class InceptionEncoder(FeatureExtractor):
         # torch-fidelity loads the path it is given with torch.load(weights_only=False), which runs any
         # code pickled in the file. So the user's file is read here, as tensors only, and torch-fidelity
         # gets a file written from those verified tensors.
-        state_dict = load_state_dict_safely(path, "torch-fidelity Inception-v3")
+        try:
+            state_dict = load_state_dict(path, "torch-fidelity Inception-v3")
+        except CheckpointError as err:
+            raise MissingWeightsError(str(err)) from err
         with tempfile.TemporaryDirectory() as tmp:
             verified = Path(tmp) / "inception.pt"
             torch.save(state_dict, verified)
@@ -320,13 +291,7 @@ class DigitsFeatureEncoder(FeatureExtractor):
             "Pass weights_path=, or re-create the shipped file with `make assets`.",
         )
         self.net = cls()
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state)
+        self.net.load_state_dict(load_state_dict(path, f"the digits {architecture} classifier"))
         self.net.eval().requires_grad_(False)
         self.architecture = architecture
 

@@ -1,0 +1,126 @@
+"""Reading weights from checkpoint files without running code stored in them.
+
+``torch.load(weights_only=True)`` refuses a Lightning checkpoint whose ``hyper_parameters`` hold a
+class or any other object it does not know, and ``weights_only=False`` runs whatever the pickle
+says. ``load_state_dict`` needs neither: it reads the file with an unpickler that builds tensors,
+storages and ordered dicts (what torch's own weights-only loader allows for them) and turns every
+other object into an inert ``Opaque`` placeholder, whose construction runs nothing from the file.
+Only the ``state_dict`` is used, so what the placeholders stood for is never needed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read as a state dict of tensors."""
+
+
+class Opaque:
+    """Stands for an object of a checkpoint that is not needed (hyperparameters, optimiser states, …).
+
+    Calling, constructing and restoring state all do nothing, so unpickling one runs no code.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:  # noqa: D102
+        return super().__new__(cls)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Opaque:  # noqa: D102
+        return Opaque()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        """Lists rebuilt by the pickle protocol append here; nothing is kept."""
+
+    def extend(self, values: Any) -> None:
+        """As ``append``."""
+
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+_TENSOR_GLOBALS = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch", "Size"): torch.Size,
+}
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """Resolves tensor, storage and dtype globals; every other global becomes ``Opaque``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _TENSOR_GLOBALS:
+            return _TENSOR_GLOBALS[(module, name)]
+        if module == "torch":
+            value = getattr(torch, name, None)
+            if isinstance(value, torch.dtype) or (isinstance(value, type) and name.endswith("Storage")):
+                return value
+        return Opaque
+
+
+# torch.load takes a "pickle module": the standard one, with the restricted Unpickler in its place.
+_TENSORS_ONLY_PICKLE = ModuleType("genunc_lightning.checkpoints.tensors_only_pickle")
+_TENSORS_ONLY_PICKLE.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
+_TENSORS_ONLY_PICKLE.Unpickler = _TensorsOnlyUnpickler
+
+
+def load_state_dict(path: str | os.PathLike, what: str = "the model") -> dict[str, torch.Tensor]:
+    """The state dict of a safetensors file, a torch state dict, or a Lightning checkpoint.
+
+    Never executes code stored in the file: objects other than tensors (a Lightning checkpoint's
+    hyperparameters that hold classes, say) are read as inert placeholders and dropped.
+
+    Args:
+        path: the file.
+        what: what the weights are for, named in errors.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file holds no state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No weights file at {path}: pass the path of the weights for {what}.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise CheckpointError(f"{path} is not a readable safetensors file for {what} ({err}).") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # objects the weights-only loader refuses: read them as placeholders
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TENSORS_ONLY_PICKLE)
+        except Exception as err:
+            raise CheckpointError(f"{path} cannot be read as a checkpoint for {what} ({err}).") from err
+    except Exception as err:
+        raise CheckpointError(f"{path} cannot be read as a checkpoint for {what} ({err}).") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors or len(tensors) != len(state):
+        raise CheckpointError(
+            f"{path} holds no state dict of tensors for {what}: save the model's state_dict() with torch.save or "
+            "safetensors, or pass a Lightning checkpoint."
+        )
+    return tensors
