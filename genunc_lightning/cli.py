@@ -151,6 +151,9 @@ Example:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `genunc` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # As `python -m` does: the user's own modules (class_path: my_repo.MyModel) import from the working directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     # We pass the subcommand's own arguments to LightningCLI on purpose.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     argv = list(sys.argv[1:] if argv is None else argv)

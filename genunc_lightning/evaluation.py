@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,13 @@ class Evaluation:
         MF.check_features("features of the run's samples", fake)
         real = self.reference_features()
         MF.check_pair(real, fake, self.k)
+        if fake.shape[1] > kept / 2:
+            warnings.warn(
+                f"The feature dimension ({fake.shape[1]}) is not well below the kept set's size (K = {kept}): the "
+                f"kept set's feature covariance has rank at most {kept - 1}, so FID is dominated by estimation noise. "
+                "Keep more samples, or use a feature extractor with fewer dimensions (D < K/2).",
+                stacklevel=2,
+            )
         # Computed once: every kept set below is compared with the same reference set.
         reference = {"features": real, "radii": MF.knn_radii(real, self.k), "statistics": MF.feature_statistics(real)}
         columns = {c: v for c, v in table.items()}

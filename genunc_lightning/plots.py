@@ -39,17 +39,30 @@ def metric_sweep(sweep: dict[str, list[dict]], random: dict | None, path: Path) 
     _save(plt, fig, path)
 
 
-def extremes(samples: torch.Tensor, values: torch.Tensor, higher_is_better: bool, path: Path, title: str) -> None:
-    """5×5 grids of the best and worst samples by a score (images), or a scatter coloured by it (2D)."""
+def best_and_worst(
+    values: torch.Tensor, higher_is_better: bool, per_side: int = 25
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the best and the worst samples by a score, never the same sample on both sides.
+
+    Each side holds ``min(per_side, N // 2)`` samples, so a run of fewer than 2·``per_side`` samples
+    shows two disjoint halves rather than the same images twice.
+    """
     order = torch.sort(values.double(), descending=higher_is_better, stable=True).indices
+    count = min(per_side, len(order) // 2)
+    return order[:count], order.flip(0)[:count]
+
+
+def extremes(samples: torch.Tensor, values: torch.Tensor, higher_is_better: bool, path: Path, title: str) -> None:
+    """Grids of the (up to 25) best and worst samples by a score (images), or a scatter coloured by it (2D)."""
     if samples.dim() == 4:
         from torchvision.utils import make_grid
 
+        best, worst = best_and_worst(values, higher_is_better)
         plt, fig, axes = _figure(2, 4.5, 4.8)
-        for ax, idx, label in ((axes[0][0], order[:25], "best"), (axes[0][1], order.flip(0)[:25], "worst")):
+        for ax, idx, label in ((axes[0][0], best, "best"), (axes[0][1], worst, "worst")):
             grid = make_grid(samples[idx].float().clamp(0, 1), nrow=5, padding=1)
             ax.imshow(grid.permute(1, 2, 0).numpy())
-            ax.set_title(f"{title}: 25 {label}")
+            ax.set_title(f"{title}: {len(idx)} {label}")
             ax.axis("off")
     elif samples.dim() == 2 and samples.shape[1] == 2:
         plt, fig, axes = _figure(1, 5, 4.5)

@@ -50,13 +50,13 @@ def _predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices
     return read_scores(out_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def toy_model():
     """``toy_model(tmp_path, hidden=32, seed=0, steps=8)`` -> (DDPM adapter of a small MLP, posterior path)."""
     return _toy_model
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def predict():
     """``predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices=1, replace=False, **module)``."""
     return _predict

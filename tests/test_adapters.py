@@ -209,3 +209,48 @@ def test_an_unconditional_model_ignores_the_labels_of_image_label_batches(family
     x, y, seeds = torch.randn(6, 2), torch.arange(6), torch.arange(6)
     torch.testing.assert_close(adapter.residual((x, y), seeds), adapter.residual(x, seeds), rtol=0, atol=0)
     torch.testing.assert_close(adapter.residual({"image": x, "label": y}, seeds), adapter.residual(x, seeds))
+
+
+@pytest.mark.parametrize("how", ["wrapped", "in place"])
+def test_compiled_denoisers_are_accepted_under_their_original_names(tmp_path, how):
+    from genunc_lightning.laplace import DiagonalLaplacePosterior, fisher_batch
+    from genunc_lightning.seeding import example_seeds
+
+    torch.manual_seed(0)
+    model = MLPDenoiser(hidden=16, depth=2)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    eager = GaussianDiffusionAdapter(model, "out", (2,), steps=4)
+    if how == "wrapped":
+        compiled_model = torch.compile(model, backend="eager")  # an OptimizedModule: names gain "_orig_mod."
+    else:
+        compiled_model = MLPDenoiser(hidden=16, depth=2)
+        compiled_model.load_state_dict(model.state_dict())
+        compiled_model.compile(backend="eager")
+    compiled = GaussianDiffusionAdapter(compiled_model, "out", (2,), steps=4)
+    compiled.load_weights(tmp_path / "w.pt")  # the original module's keys
+    x, seeds = torch.randn(6, 2), example_seeds(0, range(6))
+    fb = fisher_batch(compiled, x, [seeds])
+    post = DiagonalLaplacePosterior.fit(compiled.last_layer_module, "out", fb.diag, 6, 1.0, 12)
+    assert post.check_compatible(compiled_model) is compiled.last_layer_module
+    torch.testing.assert_close(fb.diag["weight"], fisher_batch(eager, x, [seeds]).diag["weight"])
+    torch.testing.assert_close(compiled.sample(seeds), eager.sample(seeds))
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_ddpm_step_matches_ho_et_al_in_float64(variance):
+    """x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t + σ_t z, with σ_t² = β_t or β̃_t (Ho et al. 2020, Algorithm 2)."""
+    torch.manual_seed(0)
+    net = MLPDenoiser(hidden=16, depth=2).double()
+    adapter = GaussianDiffusionAdapter(net, "out", (2,), sampler="ddpm", num_train_steps=100, steps=100,
+                                       ddpm_variance=variance)  # fmt: skip
+    x, z = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    t = 40
+    a, a_prev = adapter.alphas_cumprod[t], adapter.alphas_cumprod[t - 1]
+    beta = 1 - a / a_prev
+    with torch.no_grad():
+        eps = net(x, torch.full((5,), float(t), dtype=torch.float64))
+        sigma2 = beta if variance == "fixed_large" else (1 - a_prev) / (1 - a) * beta
+        expected = (x - beta / (1 - a).sqrt() * eps) / (1 - beta).sqrt() + sigma2.sqrt() * z
+        torch.testing.assert_close(adapter.ddim_step(x, t, t - 1, None, z), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="fixed_large"):
+        GaussianDiffusionAdapter(net, "out", (2,), sampler="ddim", ddpm_variance="fixed_large")

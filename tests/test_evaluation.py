@@ -20,7 +20,6 @@ from genunc_lightning.evaluation import (
 )
 from genunc_lightning.uncertainty import GenerativeUncertaintyModule, ScoredSampleWriter
 from genunc_lightning.uncertainty.writer import read_scores, read_shards
-from tests.test_predict import toy_model
 
 
 def test_keep_best_and_rank_sums():
@@ -69,7 +68,7 @@ def predict_run(adapter, posterior, out_dir, num_classes=None):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, toy_model):
     root = tmp_path_factory.mktemp("eval")
     adapter, path = toy_model(root, steps=20)
     return predict_run(adapter, str(path), root / "run")
@@ -168,7 +167,7 @@ class SideOfZero(torch.nn.Module):
         return torch.stack([-x[:, 0], x[:, 0]], dim=1)
 
 
-def test_off_class_rate_and_auroc_with_a_classifier(tmp_path):
+def test_off_class_rate_and_auroc_with_a_classifier(tmp_path, toy_model):
     from sklearn.metrics import roc_auc_score
 
     from genunc_lightning.adapters import GaussianDiffusionAdapter
@@ -210,11 +209,13 @@ def test_off_class_rate_and_auroc_with_a_classifier(tmp_path):
     assert "| oracle: on-class first (3 subsets) |" in table_md
     # An unconditional run has no class to compare with: a clear error, before anything is written.
     with pytest.raises(EvaluationError, match="120 samples of this run are unconditional"):
-        evaluation(run_dir_unconditional(tmp_path), classifier=SideOfZero(), output_dir=str(tmp_path / "u")).run()
+        evaluation(
+            run_dir_unconditional(tmp_path, toy_model), classifier=SideOfZero(), output_dir=str(tmp_path / "u")
+        ).run()
     assert not (tmp_path / "u").exists()
 
 
-def run_dir_unconditional(tmp_path):
+def run_dir_unconditional(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path, steps=5)
     return predict_run(adapter, str(path), tmp_path / "uncond")
 
@@ -233,3 +234,16 @@ def test_reference_cache_tells_plain_modules_of_one_class_apart(run_dir, tmp_pat
     cached = all_samples(second, str(cache), "b")
     assert len(list(cache.iterdir())) == 2, "the second module must not reuse the first one's features"
     assert cached == all_samples(second, None, "c")
+
+
+def test_grids_show_distinct_samples_and_small_kept_sets_warn(run_dir, tmp_path):
+    from genunc_lightning.plots import best_and_worst
+
+    for n in (10, 51, 200):
+        best, worst = best_and_worst(torch.randn(n), higher_is_better=False)
+        assert len(best) == len(worst) == min(25, n // 2)
+        assert not set(best.tolist()) & set(worst.tolist())
+    # 512-d features of a kept set of 100: the FID covariance is rank-deficient, and the report says so.
+    with pytest.warns(UserWarning, match=r"feature dimension \(512\) is not well below the kept set's size \(K = 100"):
+        evaluation(run_dir, feature_extractor=torch.nn.Linear(2, 512), keep=100, fractions=[1.0], random_subsets=0,
+                   output_dir=str(tmp_path / "wide")).run()  # fmt: skip

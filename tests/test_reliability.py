@@ -78,9 +78,19 @@ def test_nan_weights_fail_the_run_and_leave_nothing(tmp_path, toy_model, predict
     adapter, path = toy_model(tmp_path)
     with torch.no_grad():
         adapter.denoiser.inp.weight[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="NaN or infinite.*Check the checkpoint"):
+    with pytest.raises(FloatingPointError, match=r"kept samples .* are NaN or infinite: check the checkpoint"):
         predict(adapter, path, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_members_that_diverge_score_infinite_uncertainty_not_nan(tmp_path, toy_model):
+    adapter, path = toy_model(tmp_path)
+    module = GenerativeUncertaintyModule(adapter, str(path), num_members=2, temperature=1e36)  # absurdly wide
+    batch = {"index": torch.arange(6), "seed": torch.arange(6), "class": torch.full((6,), -1)}
+    with pytest.warns(UserWarning, match="members whose samples diverged"):
+        out = module.predict_step(batch, 0)
+    assert torch.isinf(out["scores"]["pixel"]).any() and not torch.isnan(out["scores"]["pixel"]).any()
+    assert torch.isfinite(out["sample"]).all()  # the kept samples use the pretrained weights
 
 
 @pytest.mark.parametrize(

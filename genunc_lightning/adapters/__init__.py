@@ -2,10 +2,12 @@
 
 from genunc_lightning.adapters.base import (
     SUPPORTED_LAST_LAYER_TYPES,
+    DenoiserCallError,
     DiffusionAdapter,
     LastLayerError,
     apply_layer,
     layer_parameters,
+    original_module,
     resolve_last_layer,
     unpack_batch,
     use_last_layer_weights,
@@ -14,20 +16,24 @@ from genunc_lightning.adapters.diffusers import DiffusersAdapter
 from genunc_lightning.adapters.flow import FlowMatchingAdapter
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, alphas_cumprod
 from genunc_lightning.adapters.ldm import LatentDiffusionAdapter
+from genunc_lightning.adapters.own_sampler import OwnSamplerAdapter
 from genunc_lightning.adapters.sgm import SGMAdapter
 
 __all__ = [
     "SGMAdapter",
     "SUPPORTED_LAST_LAYER_TYPES",
+    "DenoiserCallError",
     "DiffusersAdapter",
     "DiffusionAdapter",
     "FlowMatchingAdapter",
     "GaussianDiffusionAdapter",
     "LastLayerError",
     "LatentDiffusionAdapter",
+    "OwnSamplerAdapter",
     "alphas_cumprod",
     "apply_layer",
     "layer_parameters",
+    "original_module",
     "resolve_last_layer",
     "unpack_batch",
     "use_last_layer_weights",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
@@ -29,6 +30,19 @@ class LastLayerError(ValueError):
     """The named last layer is missing, has no parameters, or is of an unsupported type."""
 
 
+class DenoiserCallError(TypeError):
+    """The denoiser cannot be called the way the adapter calls it (``call_denoiser``)."""
+
+
+def original_module(model: nn.Module) -> nn.Module:
+    """The module itself, under a ``torch.compile(model)`` wrapper (``OptimizedModule``) if there is one.
+
+    Layer names, weights and checkpoints are those of the original module, however it is called.
+    ``model.compile()`` compiles in place and needs no unwrapping.
+    """
+    return getattr(model, "_orig_mod", model)
+
+
 def resolve_last_layer(model: nn.Module, name: str) -> nn.Module:
     """Returns the submodule ``name`` of ``model`` after checking it can carry a posterior.
 
@@ -40,6 +54,7 @@ def resolve_last_layer(model: nn.Module, name: str) -> nn.Module:
         LastLayerError: the name is unknown (the closest names are suggested), the module has no
             parameters, or its type is not one of ``SUPPORTED_LAST_LAYER_TYPES``.
     """
+    model = original_module(model)
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         candidates = [n for n, m in modules.items() if n and any(True for _ in m.parameters(recurse=False))]
@@ -149,6 +164,7 @@ def use_last_layer_weights(layer: nn.Module, weights: LastLayerWeights | None) -
 def module_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's parameters and buffers (names, shapes, float32 values)."""
     digest = hashlib.sha256()
+    module = original_module(module)
     tensors = list(module.named_parameters()) + list(module.named_buffers())
     for name, value in tensors:
         value = value.detach().cpu()
@@ -338,8 +354,68 @@ class DiffusionAdapter(nn.Module):
         return x, (y if self.num_classes is not None else None)
 
     def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Calls the denoiser; override for models with another signature."""
+        """Calls the denoiser as ``denoiser(x, t)`` or ``denoiser(x, t, y)``; override for another signature."""
         return self.denoiser(x, t) if y is None else self.denoiser(x, t, y)
+
+    def call_denoiser_checked(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
+        """``call_denoiser``, with a clear error on the first call when the denoiser does not fit it.
+
+        Raises:
+            DenoiserCallError: the first call raised a TypeError or ValueError, or returned something
+                other than a tensor with one row per input.
+        """
+        if getattr(self, "_denoiser_call_checked", False):
+            return self.call_denoiser(x, t, y)
+        call = f"{type(self.denoiser).__name__}(x_t, t{', y' if y is not None else ''})"
+        fix = (
+            "Subclass the adapter and override `call_denoiser(x, t, y)` to call the network that predicts the "
+            "noise (or velocity) for a batch; a forward that runs a whole sampler is not that network. See the "
+            "README, 'Bring your own LightningModule'."
+        )
+        try:
+            out = self.call_denoiser(x, t, y)
+        except (TypeError, ValueError) as err:
+            raise DenoiserCallError(f"Calling {call} failed: {type(err).__name__}: {err}. {fix}") from err
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0]:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DenoiserCallError(f"{call} returned {got} for x_t of shape {tuple(x.shape)}. {fix}")
+        self._denoiser_call_checked = True
+        return out
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Training data as the denoiser saw it in training; override where the repo's ``training_step`` rescales.
+
+        For instance a repo whose ``training_step`` maps [0, 1] images to [−1, 1] needs
+        ``return 2 * x - 1`` here, or the posterior is fitted on data of the wrong scale.
+        """
+        return x
+
+    def training_data(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """(clean data in the model's space, conditioning) of a training batch: ``preprocess``, then ``encode``."""
+        x, y = self.unpack(batch)
+        x = self.preprocess(x)
+        self._check_data_range(x)
+        return self.encode(x), y
+
+    def _check_data_range(self, x: torch.Tensor) -> None:
+        if self.image_range is None or getattr(self, "_data_range_checked", False):
+            return
+        self._data_range_checked = True
+        low, high = self.image_range
+        lo, hi = float(x.min()), float(x.max())
+        margin = 0.05 * (high - low)
+        if lo < low - margin or hi > high + margin:
+            problem = f"lie in [{lo:.3g}, {hi:.3g}], outside image_range {self.image_range}"
+        elif low < 0 <= lo and hi <= 1 and hi - lo > 0:
+            problem = f"lie in [{lo:.3g}, {hi:.3g}], which looks like [0, 1] data for image_range {self.image_range}"
+        else:
+            return
+        warnings.warn(
+            f"The training data after preprocess {problem}. If the repo's training_step rescales its data, override "
+            f"{type(self).__name__}.preprocess to do the same (README: 'Bring your own LightningModule'); otherwise "
+            "the posterior is fitted on data of the wrong scale.",
+            stacklevel=3,
+        )
 
     def load_weights(self, path: str | Path) -> None:
         """Loads pretrained weights from a Lightning checkpoint, a state dict or a safetensors file.
@@ -356,7 +432,7 @@ class DiffusionAdapter(nn.Module):
             if any(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
                 break
-        missing, unexpected = self.denoiser.load_state_dict(state, strict=False)
+        missing, unexpected = original_module(self.denoiser).load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
                 f"Checkpoint {path} does not fit {type(self.denoiser).__name__}: "

@@ -110,8 +110,7 @@ class DiffusersAdapter(DiffusionAdapter):
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Prediction − target at a per-example training timestep and Gaussian noise."""
-        x, y = self.unpack(batch)
-        x0 = self.encode(x)
+        x0, y = self.training_data(batch)
         gens = seeding.generators(seeds, x0.device)
         t = seeding.randint(gens, self.scheduler.config.num_train_timesteps, x0.device)
         eps = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)
@@ -124,7 +123,7 @@ class DiffusersAdapter(DiffusionAdapter):
             target = x0
         else:
             raise ValueError(f"Unsupported prediction_type {self.prediction_type!r}.")
-        return self.call_denoiser(xt, t, y) - target
+        return self.call_denoiser_checked(xt, t, y) - target
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
         param = next(self.denoiser.parameters())
@@ -137,7 +136,7 @@ class DiffusersAdapter(DiffusionAdapter):
         y = classes.to(param.device) if classes is not None else None
         for i, t in enumerate(timesteps):
             tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-            out = self.call_denoiser(scheduler.scale_model_input(x, t), tt, y)
+            out = self.call_denoiser_checked(scheduler.scale_model_input(x, t), tt, y)
             if self._step_takes_noise:
                 x = scheduler.step(out, t, x, variance_noise=noise[:, i]).prev_sample
             else:  # DDPMScheduler draws its noise itself: one generator per sample keeps it per-seed

@@ -69,12 +69,11 @@ class FlowMatchingAdapter(DiffusionAdapter):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The network's velocity at time ``t`` (a tensor [B] in [0, 1])."""
-        return self.call_denoiser(x, (t * self.time_scale).to(x.dtype), y)
+        return self.call_denoiser_checked(x, (t * self.time_scale).to(x.dtype), y)
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """Velocity prediction − (x − ε) at a per-example uniform t and Gaussian ε."""
-        x1, y = self.unpack(batch)
-        x1 = self.encode(x1)
+        x1, y = self.training_data(batch)
         gens = seeding.generators(seeds, x1.device)
         t = seeding.rand(gens, x1.device, x1.dtype)
         eps = seeding.randn(gens, x1.shape[1:], x1.device, x1.dtype)

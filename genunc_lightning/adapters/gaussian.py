@@ -36,6 +36,13 @@ class Sampler(str, Enum):
     DDIM = "ddim"
 
 
+class DDPMVariance(str, Enum):
+    """The variance of an ancestral DDPM step (Ho et al. 2020, §3.2)."""
+
+    FIXED_SMALL = "fixed_small"  # β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t: DDIM with η = 1
+    FIXED_LARGE = "fixed_large"  # β_t, what many DDPM repositories sample with
+
+
 def alphas_cumprod(schedule: str, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """ᾱ_t for t = 0 … num_steps − 1 in float64.
 
@@ -77,7 +84,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         num_train_steps: number of training timesteps.
         beta_start: first beta of the linear schedule.
         beta_end: last beta of the linear schedule.
-        sampler: ``ddim`` (deterministic unless ``eta`` > 0) or ``ddpm`` (ancestral; DDIM with η = 1).
+        sampler: ``ddim`` (deterministic unless ``eta`` > 0) or ``ddpm`` (ancestral: the posterior mean
+            μ̃(x_t, x̂0) plus noise of variance ``ddpm_variance``).
         steps: default number of sampling steps.
         eta: DDIM noise scale; ``None`` means 0 for ``ddim`` and 1 for ``ddpm``.
         clip_denoised: clamp the predicted x0 to ``image_range`` at every step (ADM does for pixels).
@@ -85,6 +93,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             in the remaining channels); ``None`` keeps all.
         image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
         vae: an autoencoder for latent diffusion (see ``DiffusionAdapter``).
+        ddpm_variance: ``fixed_small`` (β̃_t; DDIM with η = 1) or ``fixed_large`` (β_t) for ``ddpm``.
     """
 
     def __init__(
@@ -105,10 +114,14 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         output_channels: int | None = None,
         image_range: tuple[float, float] | None = None,
         vae: nn.Module | None = None,
+        ddpm_variance: str = "fixed_small",
     ) -> None:
         super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
         self.prediction = Prediction(prediction)
         self.sampler = Sampler(sampler)
+        self.ddpm_variance = DDPMVariance(ddpm_variance)
+        if self.ddpm_variance is DDPMVariance.FIXED_LARGE and (self.sampler is not Sampler.DDPM or eta is not None):
+            raise ValueError("ddpm_variance='fixed_large' applies to sampler='ddpm' (without eta).")
         self.num_train_steps = int(num_train_steps)
         self.steps = int(steps)
         self.eta = float(eta) if eta is not None else (1.0 if self.sampler is Sampler.DDPM else 0.0)
@@ -124,18 +137,13 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
-        out = self.call_denoiser(x, t.to(x.dtype), y)
+        out = self.call_denoiser_checked(x, t.to(x.dtype), y)
         return out[:, : self.output_channels] if self.output_channels is not None else out
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The schedule follows the data's device, also when the adapter itself was not moved.
         a = self.alphas_cumprod.to(t.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
         return a.sqrt(), (1 - a).sqrt()
-
-    def training_data(self, batch: Any) -> tuple[torch.Tensor, Any]:
-        """(clean data in the model's space, conditioning) of a training batch."""
-        x0, y = self.unpack(batch)
-        return self.encode(x0), y
 
     def predict_conditioned(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The prediction given the conditioning that ``training_data`` returns (class labels here)."""
@@ -198,6 +206,13 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         if t_prev < 0:
             return x0
         a, a_prev = self._schedule[t], self._schedule[t_prev]
+        if self.ddpm_variance is DDPMVariance.FIXED_LARGE:
+            # Ho et al.: x_{t−1} = μ̃(x_t, x̂0) + √β_t z, β_t = 1 − ᾱ_t/ᾱ_{t−1} between the strided steps.
+            if noise is None:
+                raise ValueError("An ancestral DDPM step needs noise.")
+            beta = 1 - a / a_prev
+            mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(a / a_prev) * (1 - a_prev) / (1 - a)) * x
+            return mean + math.sqrt(beta) * noise
         sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
 from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.data.predict import UNCONDITIONAL, collate_check
@@ -109,6 +111,11 @@ class GenerativeUncertaintyModule(LightningModule):
             raise ValueError("steps (T) must be given for an adapter without a default number of steps.")
         self.steps = _positive_int(steps, "steps (T)")
         self.member_steps = _positive_int(member_steps if member_steps is not None else self.steps, "member_steps (T')")
+        if getattr(adapter, "fixed_steps", False) and (self.steps, self.member_steps) != (adapter.steps,) * 2:
+            raise ValueError(
+                f"{type(adapter).__name__} samples with the repository's own method, which runs its own steps: leave "
+                f"steps and member_steps unset (got {self.steps} and {self.member_steps})."
+            )
         if self.member_steps > self.steps:
             raise ValueError(
                 f"member_steps (T' = {self.member_steps}) must not exceed steps (T = {self.steps}): the cheaper "
@@ -126,6 +133,7 @@ class GenerativeUncertaintyModule(LightningModule):
         if not names:
             raise ValueError("Give at least one likelihood.")
         self.likelihoods = torch.nn.ModuleList(likelihoods)
+        self.likelihoods_by_name = set(names)
         self.num_members = num_members
         self.posterior_seed = posterior_seed
         self.include_pretrained = include_pretrained
@@ -251,19 +259,37 @@ class GenerativeUncertaintyModule(LightningModule):
                 )
             cond = classes.to(self.device)
         kept, members = self.generate_scored(seeds, cond)
+        if not torch.isfinite(kept).all():
+            bad = index[~torch.isfinite(kept.flatten(1)).all(1).cpu()][:10].tolist()
+            raise FloatingPointError(
+                f"The kept samples {bad} (pretrained weights) are NaN or infinite: check the checkpoint (NaN weights?) "
+                "and the sampler settings."
+            )
         k, b = members.shape[:2]
         decoded = self.adapter.decode(members.flatten(0, 1))
         decoded = decoded.view(k, b, *decoded.shape[1:])  # latent models decode to another shape
+        # A member whose trajectory diverged (a drawn weight set far in the posterior's tail) is as
+        # uncertain as a sample can be: its scores are +inf, not NaN, and the run says how often.
+        diverged = ~torch.isfinite(decoded.flatten(2)).all(2).all(0).cpu()
         scores = {lik.name: lik.score(decoded) for lik in self.likelihoods}
         for baseline in self.baselines:
             scores[baseline.name] = baseline.score(self.adapter, self.posterior, seeds, cond, self.steps)
         for name, value in scores.items():
-            if not torch.isfinite(value).all():
+            if name in self.likelihoods_by_name and diverged.any():
+                value = value.cpu().clone()
+                value[diverged] = math.inf
+                scores[name] = value
+            if torch.isnan(value).any() or (torch.isinf(value) & ~diverged.to(value.device)).any():
                 bad = index[~torch.isfinite(value.cpu())][:10].tolist()
                 raise FloatingPointError(
                     f"Score {name!r} is NaN or infinite for samples {bad}: the samples or member weights are not "
                     "finite. Check the checkpoint (NaN weights?) and the posterior file (genunc fit_laplace)."
                 )
+        if diverged.any():
+            rank_zero_warn(
+                f"{int(diverged.sum())} of {b} samples in batch {batch_idx} have members whose samples diverged "
+                "(NaN or infinite); their generative uncertainty is +inf. Many of them mean a very wide posterior."
+            )
         out: dict[str, Any] = {
             "index": index,
             "seed": seeds,
