@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from torch import nn
 
 
 class CheckpointError(ValueError):
@@ -124,3 +125,28 @@ def load_state_dict(path: str | os.PathLike, what: str = "the model") -> dict[st
             "safetensors, or pass a Lightning checkpoint."
         )
     return tensors
+
+
+def load_weights_into(module: nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...] = ()) -> None:
+    """Loads a weights file into ``module``, all keys required.
+
+    Args:
+        module: the network.
+        path: a safetensors file, a state dict or a Lightning checkpoint (read by ``load_state_dict``).
+        prefixes: the first prefix that some key starts with selects those keys, stripped of it
+            (``ema.`` before ``adapter.denoiser.``: the EMA weights of a training checkpoint win).
+
+    Raises:
+        ValueError: the file's keys do not fit ``module``.
+    """
+    state = load_state_dict(path, type(module).__name__)
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"Checkpoint {path} does not fit {type(module).__name__}: missing keys {missing[:5]}, unexpected keys "
+            f"{unexpected[:5]}."
+        )

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from genunc_lightning.adapters.base import module_identity, unpack_batch
+from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.data.predict import missing_indices
+from genunc_lightning.fingerprints import manifest_entry_of
 from genunc_lightning.io import atomic_path, write_text_atomic
 from genunc_lightning.metrics import functional as MF
 from genunc_lightning.uncertainty.writer import (
@@ -244,7 +245,9 @@ class Evaluation:
         data = self.reference_samples()
         if self.cache_dir is None:
             return self.features(data)
-        key = hashlib.sha256(json.dumps(module_identity(self.feature_extractor), sort_keys=True, default=str).encode())
+        key = hashlib.sha256(
+            json.dumps(manifest_entry_of(self.feature_extractor), sort_keys=True, default=str).encode()
+        )
         key.update(data.contiguous().numpy().tobytes())
         path = self.cache_dir / f"reference-{key.hexdigest()[:24]}.safetensors"
         from safetensors.torch import load_file, save_file

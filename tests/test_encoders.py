@@ -98,7 +98,7 @@ def test_module_encoder_wraps_any_module():
     enc = ModuleEncoder(net, image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rgb=True)
     images = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(enc(images), net((images.expand(-1, 3, -1, -1) - 0.5) / 0.5))
-    assert enc.identity()["class"] == "ModuleEncoder"
+    assert enc.manifest_entry()["class"] == "ModuleEncoder"
 
 
 class _TouchOnLoad:

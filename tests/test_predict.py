@@ -139,7 +139,7 @@ def test_scores_do_not_depend_on_batch_size_or_world_size(tmp_path, toy_model, p
 def test_a_plain_encoder_is_identified_by_its_weights():
     torch.manual_seed(0)
     first, second = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
-    ident = [SemanticLikelihood(m).identity() for m in (first, second, first)]
+    ident = [SemanticLikelihood(m).manifest_entry() for m in (first, second, first)]
     assert ident[0] != ident[1] and ident[0] == ident[2]
 
 

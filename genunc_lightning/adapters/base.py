@@ -8,78 +8,28 @@ adapter only, never to the user's module directly.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from enum import Enum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_LAST_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-LastLayerWeights = Mapping[str, torch.Tensor]
-
-
-class LastLayerError(ValueError):
-    """The named last layer is missing, has no parameters, or is of an unsupported type."""
+from genunc_lightning.adapters.layers import (
+    LastLayerError,
+    LastLayerWeights,
+    original_module,
+    resolve_last_layer,
+    use_last_layer_weights,
+)
+from genunc_lightning.checkpoints import load_weights_into
+from genunc_lightning.data.batches import data_range_problem, unpack_batch
+from genunc_lightning.fingerprints import fingerprint, scalar_settings
 
 
 class DenoiserCallError(TypeError):
     """The denoiser cannot be called the way the adapter calls it (``call_denoiser``)."""
-
-
-def original_module(model: nn.Module) -> nn.Module:
-    """The module itself, under a ``torch.compile(model)`` wrapper (``OptimizedModule``) if there is one.
-
-    Layer names, weights and checkpoints are those of the original module, however it is called.
-    ``model.compile()`` compiles in place and needs no unwrapping.
-    """
-    return getattr(model, "_orig_mod", model)
-
-
-def resolve_last_layer(model: nn.Module, name: str) -> nn.Module:
-    """Returns the submodule ``name`` of ``model`` after checking it can carry a posterior.
-
-    Args:
-        model: the denoiser.
-        name: dotted module name, as in ``model.named_modules()``.
-
-    Raises:
-        LastLayerError: the name is unknown (the closest names are suggested), the module has no
-            parameters, or its type is not one of ``SUPPORTED_LAST_LAYER_TYPES``.
-    """
-    model = original_module(model)
-    modules = dict(model.named_modules())
-    if name not in modules or name == "":
-        candidates = [n for n, m in modules.items() if n and any(True for _ in m.parameters(recurse=False))]
-        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.3)
-        hint = f" Closest names: {', '.join(close)}." if close else ""
-        raise LastLayerError(
-            f"{type(model).__name__} has no submodule named {name!r}.{hint} "
-            "Pass the dotted name of the layer as listed by model.named_modules()."
-        )
-    layer = modules[name]
-    if not any(True for _ in layer.parameters(recurse=False)):
-        raise LastLayerError(
-            f"The last layer {name!r} ({type(layer).__name__}) has no parameters of its own. "
-            f"Name the parameterised layer itself, one of: {_supported_names()}."
-        )
-    if not isinstance(layer, SUPPORTED_LAST_LAYER_TYPES):
-        raise LastLayerError(
-            f"The last layer {name!r} is a {type(layer).__name__}, which is not supported. "
-            f"Supported types: {_supported_names()}."
-        )
-    return layer
-
-
-def _supported_names() -> str:
-    return ", ".join(f"nn.{t.__name__}" for t in SUPPORTED_LAST_LAYER_TYPES)
 
 
 def require_interface(obj: Any, attributes: Sequence[str], needed_by: str, kind: str) -> None:
@@ -87,122 +37,6 @@ def require_interface(obj: Any, attributes: Sequence[str], needed_by: str, kind:
     for attr in attributes:
         if not hasattr(obj, attr):
             raise TypeError(f"{type(obj).__name__} has no {attr!r}: {needed_by} needs {kind}.")
-
-
-def layer_parameters(layer: nn.Module) -> dict[str, torch.Tensor]:
-    """The layer's own parameters by short name (``weight`` and, if present, ``bias``)."""
-    return {n: p for n, p in layer.named_parameters(recurse=False)}
-
-
-def apply_layer(layer: nn.Module, x: torch.Tensor, params: LastLayerWeights) -> torch.Tensor:
-    """Runs a supported last layer on ``x`` with the given parameters instead of its own.
-
-    Calls the functional op directly, so no module hooks fire.
-    """
-    weight, bias = params["weight"], params.get("bias")
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, weight, bias)
-    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return layer._conv_forward(x, weight, bias)
-    raise LastLayerError(f"Unsupported last layer type {type(layer).__name__}: {_supported_names()}.")
-
-
-def apply_layer_members(layer: nn.Module, x: torch.Tensor, params: LastLayerWeights) -> torch.Tensor:
-    """Runs the layer with M weight sets on a batch made of M equal chunks, chunk m with set m.
-
-    Each chunk goes through the same op, at the same shape, as an ordinary forward of B examples, so
-    a member whose weights equal the layer's own gives bit-identical outputs.
-
-    Args:
-        layer: a supported last layer.
-        x: its input, batch dimension M·B with member m's examples at [m·B, (m+1)·B).
-        params: weight sets stacked on a leading member dimension M.
-    """
-    members = next(iter(params.values())).shape[0]
-    if x.shape[0] % members:
-        raise ValueError(f"A batch of {x.shape[0]} cannot be split into {members} equal member chunks.")
-    chunks = x.chunk(members)
-    return torch.cat([apply_layer(layer, c, {k: v[m] for k, v in params.items()}) for m, c in enumerate(chunks)])
-
-
-@contextmanager
-def use_last_layer_weights(layer: nn.Module, weights: LastLayerWeights | None) -> Iterator[None]:
-    """Runs ``layer`` with ``weights`` inside the block, without copying or editing the model.
-
-    ``weights`` holds tensors shaped like the layer's parameters (one weight set) or with one
-    extra leading dimension M (M weight sets; the batch reaching the layer is then M equal chunks,
-    see ``apply_layer_members``). ``None`` leaves the layer as it is.
-    """
-    if weights is None:
-        yield
-        return
-    own = layer_parameters(layer)
-    if set(weights) != set(own):
-        raise ValueError(f"Weight set has parameters {sorted(weights)}, the layer has {sorted(own)}.")
-    stacked = {n: weights[n].dim() == own[n].dim() + 1 for n in own}
-    if len(set(stacked.values())) != 1:
-        raise ValueError("Either every parameter of the weight set has a member dimension or none does.")
-    members = next(iter(stacked.values()))
-    for n, p in own.items():
-        shape = tuple(weights[n].shape[1:] if members else weights[n].shape)
-        if shape != tuple(p.shape):
-            raise ValueError(f"Weight {n!r} has shape {shape}, the layer's has {tuple(p.shape)}.")
-    cast = {n: w.to(device=own[n].device, dtype=own[n].dtype) for n, w in weights.items()}
-
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        if members:
-            return apply_layer_members(module, inputs[0], cast)
-        return apply_layer(module, inputs[0], cast)
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers (names, shapes, float32 values)."""
-    digest = hashlib.sha256()
-    module = original_module(module)
-    tensors = list(module.named_parameters()) + list(module.named_buffers())
-    for name, value in tensors:
-        value = value.detach().cpu()
-        digest.update(f"{name}{tuple(value.shape)}".encode())
-        digest.update((value.float() if value.is_floating_point() else value).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def module_identity(module: nn.Module | None) -> dict[str, Any]:
-    """What identifies a network in run manifests and feature caches.
-
-    Its own ``identity()`` when it has one, else its class and a fingerprint of its weights, so two
-    modules of one class with other weights never pass for each other.
-    """
-    if module is None:
-        return {"class": None}
-    if hasattr(module, "identity"):
-        return module.identity()
-    return {"class": type(module).__name__, "fingerprint": module_fingerprint(module)}
-
-
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Splits a training batch into (data, class labels or None).
-
-    Accepts a tensor, an ``(x, y)`` or ``(x,)`` sequence, or a mapping with ``x``/``image``/``images``
-    and optionally ``y``/``label``/``labels``/``class_labels``.
-    """
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, Mapping):
-        x = next((batch[k] for k in ("x", "image", "images", "sample") if k in batch), None)
-        if x is None:
-            raise KeyError(f"Batch mapping has keys {sorted(batch)}; expected one of x, image, images, sample.")
-        y = next((batch[k] for k in ("y", "label", "labels", "class_labels") if k in batch), None)
-        return x, y
-    if isinstance(batch, Sequence) and len(batch) in (1, 2):
-        return batch[0], (batch[1] if len(batch) == 2 else None)
-    raise TypeError(f"Cannot read a batch of type {type(batch).__name__}: pass a tensor, (x, y) or a dict.")
 
 
 class DiffusionAdapter(nn.Module):
@@ -329,21 +163,13 @@ class DiffusionAdapter(nn.Module):
         low, high = self.image_range
         return ((x - low) / (high - low)).clamp(0.0, 1.0)
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """What identifies this model in a run manifest: class, scalar settings and a weight fingerprint.
 
         The fingerprint covers the denoiser's parameters and every buffer of the adapter (e.g. the noise
         schedule), so two runs with different weights or schedules never share results.
         """
-        settings = {}
-        for key, value in sorted(vars(self).items()):
-            if key.startswith("_") or key == "training":
-                continue
-            if isinstance(value, Enum):
-                value = value.value
-            if value is None or isinstance(value, (bool, int, float, str, tuple)):
-                settings[key] = list(value) if isinstance(value, tuple) else value
-        return {"class": type(self).__name__, "settings": settings, "fingerprint": module_fingerprint(self)}
+        return {"class": type(self).__name__, "settings": scalar_settings(self), "fingerprint": fingerprint(self)}
 
     def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(data, class labels) of a training batch; an unconditional model drops the labels.
@@ -401,14 +227,8 @@ class DiffusionAdapter(nn.Module):
         if self.image_range is None or getattr(self, "_data_range_checked", False):
             return
         self._data_range_checked = True
-        low, high = self.image_range
-        lo, hi = float(x.min()), float(x.max())
-        margin = 0.05 * (high - low)
-        if lo < low - margin or hi > high + margin:
-            problem = f"lie in [{lo:.3g}, {hi:.3g}], outside image_range {self.image_range}"
-        elif low < 0 <= lo and hi <= 1 and hi - lo > 0:
-            problem = f"lie in [{lo:.3g}, {hi:.3g}], which looks like [0, 1] data for image_range {self.image_range}"
-        else:
+        problem = data_range_problem(x, self.image_range)
+        if problem is None:
             return
         warnings.warn(
             f"The training data after preprocess {problem}. If the repo's training_step rescales its data, override "
@@ -425,16 +245,4 @@ class DiffusionAdapter(nn.Module):
         ``DiffusionTrainingModule`` holds keys ``adapter.denoiser.*`` and, when trained with EMA,
         ``ema.*`` (preferred); a plain state dict or safetensors file holds the denoiser's own keys.
         """
-        from genunc_lightning.checkpoints import load_state_dict
-
-        state = load_state_dict(path, type(self.denoiser).__name__)
-        for prefix in ("ema.", "adapter.denoiser.", "denoiser."):
-            if any(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-                break
-        missing, unexpected = original_module(self.denoiser).load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"Checkpoint {path} does not fit {type(self.denoiser).__name__}: "
-                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}."
-            )
+        load_weights_into(original_module(self.denoiser), path, prefixes=("ema.", "adapter.denoiser.", "denoiser."))

@@ -15,6 +15,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.samplers import NoiseSource
 
 SUPPORTED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
 DEFAULT_LAST_LAYER = {
@@ -126,19 +127,18 @@ class DiffusersAdapter(DiffusionAdapter):
         return self.call_denoiser_checked(xt, t, y) - target
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
-        param = next(self.denoiser.parameters())
+        source = NoiseSource.like(seeds, self.denoiser)
         scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(steps or self.steps, device=param.device)
-        gens = seeding.generators(seeds, param.device)
-        x = seeding.randn(gens, self.sample_shape, param.device, param.dtype) * scheduler.init_noise_sigma
+        scheduler.set_timesteps(steps or self.steps, device=source.device)
+        x = source(*self.sample_shape) * scheduler.init_noise_sigma
         timesteps = list(scheduler.timesteps)
-        noise = seeding.randn(gens, (len(timesteps), *self.sample_shape), param.device, param.dtype)
-        y = classes.to(param.device) if classes is not None else None
+        noise = source(len(timesteps), *self.sample_shape)
+        y = classes.to(source.device) if classes is not None else None
         for i, t in enumerate(timesteps):
             tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
             out = self.call_denoiser_checked(scheduler.scale_model_input(x, t), tt, y)
             if self._step_takes_noise:
                 x = scheduler.step(out, t, x, variance_noise=noise[:, i]).prev_sample
             else:  # DDPMScheduler draws its noise itself: one generator per sample keeps it per-seed
-                x = scheduler.step(out, t, x, generator=gens).prev_sample
+                x = scheduler.step(out, t, x, generator=source.generators).prev_sample
         return x

@@ -11,6 +11,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.samplers import NoiseSource, append_dims, sample_flow
 
 
 class FlowSampler(str, Enum):
@@ -77,15 +78,14 @@ class FlowMatchingAdapter(DiffusionAdapter):
         gens = seeding.generators(seeds, x1.device)
         t = seeding.rand(gens, x1.device, x1.dtype)
         eps = seeding.randn(gens, x1.shape[1:], x1.device, x1.dtype)
-        tb = t.view(-1, *([1] * (x1.dim() - 1)))
+        tb = append_dims(t, x1.dim())
         xt = (1 - tb) * eps + tb * x1
         return self.velocity(xt, t, y) - (x1 - eps)
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
-        param = next(self.denoiser.parameters())
-        gens = seeding.generators(seeds, param.device)
-        x = seeding.randn(gens, self.sample_shape, param.device, param.dtype)
-        y = classes.to(param.device) if classes is not None else None
+        noise = NoiseSource.like(seeds, self.denoiser)
+        x = noise(*self.sample_shape)
+        y = classes.to(noise.device) if classes is not None else None
         n = x.shape[0]
 
         def v(t: float | torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -95,16 +95,8 @@ class FlowMatchingAdapter(DiffusionAdapter):
             torchdiffeq = _require_torchdiffeq()
             ts = torch.tensor([0.0, 1.0], device=x.device, dtype=x.dtype)
             return torchdiffeq.odeint(v, x, ts, method="dopri5", rtol=self.rtol, atol=self.atol)[-1]
-        num = steps or self.steps
-        grid = torch.linspace(0.0, 1.0, num + 1, dtype=torch.float64).tolist()
-        for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
-            d0 = v(t0, x)
-            if self.sampler is FlowSampler.EULER:
-                x = x + (t1 - t0) * d0
-            else:
-                x_euler = x + (t1 - t0) * d0
-                x = x + (t1 - t0) * 0.5 * (d0 + v(t1, x_euler))
-        return x
+        grid = torch.linspace(0.0, 1.0, (steps or self.steps) + 1, dtype=torch.float64).tolist()
+        return sample_flow(v, x, grid, heun=self.sampler is FlowSampler.HEUN)
 
 
 def _require_torchdiffeq() -> Any:

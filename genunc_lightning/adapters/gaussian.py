@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.samplers import NoiseSource, append_dims, ddim_update, sample_ddim
 
 
 class Prediction(str, Enum):
@@ -133,7 +134,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             "alphas_cumprod", alphas_cumprod(schedule, self.num_train_steps, beta_start, beta_end), persistent=False
         )
         sampling_timesteps(self.num_train_steps, self.steps)
-        self._schedule = self.alphas_cumprod.tolist()  # the sampler's scalars, free of device syncs
+        self.alpha_bars: list[float] = self.alphas_cumprod.tolist()  # ᾱ_t as Python floats: no device syncs
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
@@ -142,7 +143,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The schedule follows the data's device, also when the adapter itself was not moved.
-        a = self.alphas_cumprod.to(t.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        a = append_dims(self.alphas_cumprod.to(t.device)[t].to(like.dtype), like.dim())
         return a.sqrt(), (1 - a).sqrt()
 
     def predict_conditioned(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -175,19 +176,23 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             eps = (x - sa * x0) / sb
         return x0, eps
 
+    def denoised_at(self, y: torch.Tensor | None) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+        """The denoiser as the samplers call it: ``(x, t) -> (x̂0, ε̂)`` at integer timestep ``t``, classes ``y``."""
+
+        def denoised(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.denoised(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), y)
+
+        return denoised
+
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
-        param = next(self.denoiser.parameters())
-        device, dtype = param.device, param.dtype
-        gens = seeding.generators(seeds, device)
-        x = seeding.randn(gens, self.sample_shape, device, dtype)
-        y = classes.to(device) if classes is not None else None
+        noise = NoiseSource.like(seeds, self.denoiser)
+        x = noise(*self.sample_shape)
+        y = classes.to(noise.device) if classes is not None else None
         timesteps = sampling_timesteps(self.num_train_steps, steps or self.steps).tolist()
         # A sample's noise for every step, drawn at once from its generator after its initial noise.
-        noise = seeding.randn(gens, (len(timesteps), *self.sample_shape), device, dtype) if self.eta > 0 else None
-        for i, t in enumerate(timesteps):
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            x = self.ddim_step(x, t, t_prev, y, noise[:, i] if noise is not None else None)
-        return x
+        step_noise = noise(len(timesteps), *self.sample_shape) if self.eta > 0 else None
+        fixed_large = self.ddpm_variance is DDPMVariance.FIXED_LARGE
+        return sample_ddim(self.denoised_at(y), x, timesteps, self.alpha_bars, self.eta, step_noise, fixed_large)
 
     def ddim_step(
         self,
@@ -197,26 +202,12 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         y: torch.Tensor | None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One DDIM step from timestep ``t`` to ``t_prev`` (−1: the clean sample), noise scale η.
+        """One step of this adapter's sampler from timestep ``t`` to ``t_prev`` (−1: the clean sample x̂0).
 
         ``noise`` (standard normal, shaped like ``x``) is needed when η > 0.
         """
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        x0, eps = self.denoised(x, tt, y)
+        x0, eps = self.denoised_at(y)(x, t)
         if t_prev < 0:
             return x0
-        a, a_prev = self._schedule[t], self._schedule[t_prev]
-        if self.ddpm_variance is DDPMVariance.FIXED_LARGE:
-            # Ho et al.: x_{t−1} = μ̃(x_t, x̂0) + √β_t z, β_t = 1 − ᾱ_t/ᾱ_{t−1} between the strided steps.
-            if noise is None:
-                raise ValueError("An ancestral DDPM step needs noise.")
-            beta = 1 - a / a_prev
-            mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(a / a_prev) * (1 - a_prev) / (1 - a)) * x
-            return mean + math.sqrt(beta) * noise
-        sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
-        x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            if noise is None:
-                raise ValueError("A stochastic DDIM step (eta > 0) needs noise.")
-            x_prev = x_prev + sigma * noise
-        return x_prev
+        fixed_large = self.ddpm_variance is DDPMVariance.FIXED_LARGE
+        return ddim_update(x, x0, eps, self.alpha_bars[t], self.alpha_bars[t_prev], self.eta, noise, fixed_large)

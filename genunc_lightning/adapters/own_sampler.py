@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genunc_lightning.adapters.base import LastLayerWeights, original_module, use_last_layer_weights
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter
+from genunc_lightning.adapters.layers import LastLayerWeights, original_module, use_last_layer_weights
 from genunc_lightning.seeding import derive_seed
 
 

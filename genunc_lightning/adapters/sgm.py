@@ -17,6 +17,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter, require_interface
+from genunc_lightning.adapters.samplers import NoiseSource, append_dims, sample_euler_sigmas
 
 
 class SGMAdapter(DiffusionAdapter):
@@ -78,24 +79,18 @@ class SGMAdapter(DiffusionAdapter):
         sigmas = self.sigmas.to(x0.device)
         sigma = sigmas[seeding.randint(gens, len(sigmas), x0.device)].to(x0.dtype)
         noise = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)
-        sb = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        sb = append_dims(sigma, x0.dim())
         c_out = engine.denoiser.scaling(sb)[1]
         return (self.denoise(x0 + sb * noise, sigma, cond) - x0) / c_out
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
-        param = next(self.denoiser.parameters())
-        sigmas = self.sigmas.to(param.device, param.dtype)
-        n = steps or self.steps
-        idx = torch.linspace(len(sigmas) - 1, 0, n, dtype=torch.float64).round().long().tolist()
-        schedule = [sigmas[i] for i in idx] + [torch.zeros((), device=param.device, dtype=param.dtype)]
-        gens = seeding.generators(seeds, param.device)
-        x = seeding.randn(gens, self.sample_shape, param.device, param.dtype) * math.sqrt(1 + float(schedule[0]) ** 2)
-        cond = self.conditioning(classes.to(param.device) if classes is not None else None, x.shape[0])
-        for sigma, sigma_next in zip(schedule[:-1], schedule[1:], strict=True):
-            s = sigma.expand(x.shape[0])
-            d = (x - self.denoise(x, s, cond)) / sigma
-            x = x + d * (sigma_next - sigma)
-        return x
+        noise = NoiseSource.like(seeds, self.denoiser)
+        sigmas = self.sigmas.to(noise.device, noise.dtype)
+        idx = torch.linspace(len(sigmas) - 1, 0, steps or self.steps, dtype=torch.float64).round().long().tolist()
+        schedule = [sigmas[i] for i in idx] + [torch.zeros((), device=noise.device, dtype=noise.dtype)]
+        x = noise(*self.sample_shape) * math.sqrt(1 + float(schedule[0]) ** 2)
+        cond = self.conditioning(classes.to(noise.device) if classes is not None else None, x.shape[0])
+        return sample_euler_sigmas(lambda z, s: self.denoise(z, s, cond), x, schedule)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] through the engine's first stage."""

@@ -106,7 +106,7 @@ class SeedDataModule(LightningDataModule):
         self.num_classes, self.classes, self.num_workers = num_classes, classes, num_workers
         self.skip_indices: set[int] = set()
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """What must match for two runs to share results (the count may grow)."""
         return {"seed": self.seed, "num_classes": self.num_classes, "classes": self.classes}
 

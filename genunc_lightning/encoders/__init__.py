@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genunc_lightning.adapters.base import module_fingerprint
 from genunc_lightning.checkpoints import CheckpointError, load_state_dict
+from genunc_lightning.fingerprints import fingerprint
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -59,11 +59,11 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
 
 
 class FeatureExtractor(nn.Module):
-    """Base class: preprocessing plus a network; ``identity()`` names it in run manifests."""
+    """Base class: preprocessing plus a network; ``manifest_entry()`` names it in run manifests."""
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """Class and weight fingerprint."""
-        return {"class": type(self).__name__, "fingerprint": module_fingerprint(self)}
+        return {"class": type(self).__name__, "fingerprint": fingerprint(self)}
 
 
 class ModuleEncoder(FeatureExtractor):
@@ -177,12 +177,12 @@ class OpenCLIPEncoder(FeatureExtractor):
         feats = self.model.encode_image(x)
         return F.normalize(feats, dim=-1) if self.normalize_features else feats
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """Model name, weights and normalisation."""
         return {
             "class": type(self).__name__,
             "model": self.model_name,
-            "fingerprint": module_fingerprint(self.model.visual),
+            "fingerprint": fingerprint(self.model.visual),
             "normalize_features": self.normalize_features,
         }
 

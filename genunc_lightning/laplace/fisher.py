@@ -18,13 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genunc_lightning.adapters.base import (
-    DiffusionAdapter,
-    LastLayerError,
-    apply_layer,
-    layer_parameters,
-    resolve_last_layer,
-)
+from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.layers import LastLayerError, apply_layer, layer_parameters, resolve_last_layer
 
 
 @dataclass

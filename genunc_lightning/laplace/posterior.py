@@ -15,7 +15,6 @@ The variance is temperature / precision. Mean = the pretrained layer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -26,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genunc_lightning.adapters.base import LastLayerError, layer_parameters, resolve_last_layer
+from genunc_lightning.adapters.layers import LastLayerError, layer_parameters, resolve_last_layer
+from genunc_lightning.fingerprints import fingerprint
 from genunc_lightning.io import atomic_path
 
 FORMAT = "genunc-lightning/diagonal-laplace"
@@ -116,15 +116,6 @@ def optimal_prior_precision(theta_sq_norm: float, h: torch.Tensor, lo: float = 1
     return math.exp(0.5 * (a + b))
 
 
-def last_layer_fingerprint(layer: nn.Module) -> str:
-    """SHA-256 of the layer's type, parameter names, shapes and float32 values."""
-    digest = hashlib.sha256(type(layer).__name__.encode())
-    for name, p in layer_parameters(layer).items():
-        digest.update(f"{name}{tuple(p.shape)}".encode())
-        digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 # --- the posterior ----------------------------------------------------------------------------
 
 _CONVENTION_TEXT = {
@@ -149,7 +140,7 @@ class DiagonalLaplacePosterior:
         sigma: observation noise σ.
         prior_precision: λ.
         temperature: multiplies the posterior variance.
-        fingerprint: ``last_layer_fingerprint`` of the pretrained layer.
+        fingerprint: ``fingerprint(layer, recurse=False)`` of the pretrained layer.
         info: extra facts kept in the file (how σ and λ were chosen, residual statistics).
         convention: how H enters the precision, ``ef`` or ``laplace_torch`` (``FisherConvention``).
     """
@@ -279,7 +270,7 @@ class DiagonalLaplacePosterior:
             sigma_value,
             lam,
             temperature,
-            last_layer_fingerprint(layer),
+            fingerprint(layer, recurse=False),
             info,
             convention,
         )
@@ -405,7 +396,7 @@ class DiagonalLaplacePosterior:
                 f"The posterior is for {self.last_layer!r} = {self.layer_type} with {self._describe()}, but this "
                 f"model's {self.last_layer!r} is {type(layer).__name__} with {model_desc}."
             )
-        fp = last_layer_fingerprint(layer)
+        fp = fingerprint(layer, recurse=False)
         if self.fingerprint and fp != self.fingerprint:
             raise PosteriorMismatchError(
                 f"The posterior was fitted on other weights of {self.last_layer!r} (fingerprint "

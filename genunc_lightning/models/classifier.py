@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from genunc_lightning.adapters.base import unpack_batch
+from genunc_lightning.data.batches import unpack_batch
 
 
 class DigitsCNN(nn.Module):

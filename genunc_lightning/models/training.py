@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from genunc_lightning.adapters.base import DiffusionAdapter, unpack_batch
+from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.data.batches import unpack_batch
 
 
 def ema_decay_at(step: int, decay: float, warmup_power: float | None = None) -> float:

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter, module_fingerprint
+from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, Sampler, sampling_timesteps
+from genunc_lightning.adapters.samplers import NoiseSource, ddim_transfer, sample_ddim
+from genunc_lightning.fingerprints import fingerprint
 from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
 
 
@@ -40,11 +42,11 @@ class BaselineScore(nn.Module):
         """Scores [B] (float64), higher = more uncertain."""
         raise NotImplementedError
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """Settings that identify this baseline in a run manifest."""
-        return {"class": type(self).__name__, "name": self.name, **self.extra_identity()}
+        return {"class": type(self).__name__, "name": self.name, **self.extra_manifest_entry()}
 
-    def extra_identity(self) -> dict[str, Any]:
+    def extra_manifest_entry(self) -> dict[str, Any]:
         """Subclasses' settings."""
         return {}
 
@@ -60,11 +62,9 @@ def _require_ddim(adapter: DiffusionAdapter, name: str) -> GaussianDiffusionAdap
     return adapter
 
 
-def _initial_noise(adapter: DiffusionAdapter, seeds: torch.Tensor) -> tuple[torch.Tensor, list, torch.Tensor]:
-    """(a parameter for device and dtype, the per-sample generators, x_T): the kept sample's start."""
-    param = next(adapter.denoiser.parameters())
-    gens = seeding.generators(seeds, param.device)
-    return param, gens, seeding.randn(gens, adapter.sample_shape, param.device, param.dtype)
+def _derived_noise(seeds: torch.Tensor, stream: int, like: NoiseSource, dtype: torch.dtype) -> NoiseSource:
+    """A second per-sample noise source, independent of the sampler's, from (seed, stream)."""
+    return NoiseSource([seeding.derive_seed(int(s), stream) for s in seeds.tolist()], like.device, dtype)
 
 
 class BayesDiff(BaselineScore):
@@ -101,7 +101,7 @@ class BayesDiff(BaselineScore):
         self.every, self.posterior_samples, self.mc_samples, self.seed = every, posterior_samples, mc_samples, seed
         self.negative_fraction = 0.0
 
-    def extra_identity(self) -> dict[str, Any]:
+    def extra_manifest_entry(self) -> dict[str, Any]:
         """Its settings."""
         return {"every": self.every, "posterior_samples": self.posterior_samples, "mc_samples": self.mc_samples,
                 "seed": self.seed}  # fmt: skip
@@ -113,7 +113,7 @@ class BayesDiff(BaselineScore):
             raise ValueError("BayesDiff needs a last-layer Laplace posterior (DiagonalLaplacePosterior).")
 
     def _eps(self, adapter: GaussianDiffusionAdapter, x: torch.Tensor, t: int, y, weights=None) -> torch.Tensor:
-        from genunc_lightning.adapters.base import use_last_layer_weights
+        from genunc_lightning.adapters.layers import use_last_layer_weights
 
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         with use_last_layer_weights(adapter.last_layer_module, weights):
@@ -123,20 +123,18 @@ class BayesDiff(BaselineScore):
     def score(self, adapter, posterior, seeds, classes, steps):  # noqa: ANN001, ANN201
         """Summed final pixel variance per sample (float64)."""
         ad = _require_ddim(adapter, "BayesDiff")
-        param, _, mean = _initial_noise(ad, seeds)
+        noise = NoiseSource.like(seeds, ad.denoiser)
+        mean = noise(*ad.sample_shape)  # the kept sample's initial noise
         var = torch.zeros_like(mean, dtype=torch.float64)
         b = mean.shape[0]
         draws = posterior.sample(self.posterior_samples, torch.Generator().manual_seed(self.seed))
-        draws = {k: v.to(param.device, param.dtype) for k, v in draws.items()}
-        mc_gens = seeding.generators([seeding.derive_seed(int(s), 7) for s in seeds.tolist()], param.device)
+        draws = {k: v.to(noise.device, noise.dtype) for k, v in draws.items()}
+        mc_noise = _derived_noise(seeds, 7, noise, torch.float64)
         timesteps = sampling_timesteps(ad.num_train_steps, steps).tolist()
         negatives, total = 0, 0
         for i, t in enumerate(timesteps):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            a = ad._schedule[t]
-            a_prev = ad._schedule[t_prev] if t_prev >= 0 else 1.0
-            r = math.sqrt(a_prev / a)
-            c = math.sqrt(1 - a_prev) - r * math.sqrt(1 - a)
+            r, c = ddim_transfer(ad.alpha_bars[t], ad.alpha_bars[t_prev] if t_prev >= 0 else 1.0)
             if i % self.every == 0:
                 rep = classes.repeat(self.posterior_samples) if classes is not None else None
                 eps_s = self._eps(ad, mean.repeat(self.posterior_samples, *[1] * (mean.dim() - 1)), t, rep, draws)
@@ -145,14 +143,13 @@ class BayesDiff(BaselineScore):
                 cov = torch.zeros_like(var)
                 if var.abs().max() > 0:
                     std = var.clamp(min=0).sqrt()
-                    shape = (self.mc_samples, *mean.shape[1:])
-                    noise = seeding.randn(mc_gens, shape, param.device, torch.float64).transpose(0, 1)
-                    xs = mean.double()[None] + std[None] * noise  # [S, B, ...]
+                    draws_x = mc_noise(self.mc_samples, *mean.shape[1:]).transpose(0, 1)
+                    xs = mean.double()[None] + std[None] * draws_x  # [S, B, ...]
                     rep = classes.repeat(self.mc_samples) if classes is not None else None
-                    eps_x = self._eps(ad, xs.flatten(0, 1).to(param.dtype), t, rep).view_as(xs).double()
+                    eps_x = self._eps(ad, xs.flatten(0, 1).to(noise.dtype), t, rep).view_as(xs).double()
                     cov = (xs * eps_x).mean(0) - mean.double() * eps_x.mean(0)
                 var = r**2 * var + 2 * r * c * cov + c**2 * eps_var
-                mean = (r * mean.double() + c * eps_mean).to(param.dtype)
+                mean = (r * mean.double() + c * eps_mean).to(noise.dtype)
             else:
                 eps = self._eps(ad, mean, t, classes)
                 var = r**2 * var
@@ -186,7 +183,7 @@ class AleatoricUncertainty(BaselineScore):
             raise ValueError("AU needs members >= 2 and every >= 1.")
         self.members, self.every = members, every
 
-    def extra_identity(self) -> dict[str, Any]:
+    def extra_manifest_entry(self) -> dict[str, Any]:
         """Its settings."""
         return {"members": self.members, "every": self.every}
 
@@ -198,24 +195,29 @@ class AleatoricUncertainty(BaselineScore):
     def score(self, adapter, posterior, seeds, classes, steps):  # noqa: ANN001, ANN201
         """Mean over uncertainty steps of the summed per-pixel ε variance (float64)."""
         ad = _require_ddim(adapter, "AU")
-        param, _, x = _initial_noise(ad, seeds)
-        renoise = seeding.generators([seeding.derive_seed(int(s), 11) for s in seeds.tolist()], param.device)
+        noise = NoiseSource.like(seeds, ad.denoiser)
+        x = noise(*ad.sample_shape)  # the kept sample's initial noise
+        renoise = _derived_noise(seeds, 11, noise, noise.dtype)
         b = x.shape[0]
+        totals = torch.zeros(b, dtype=torch.float64, device=noise.device)
+        count = 0
+
+        def renoised_variance(i: int, t: int, x: torch.Tensor) -> None:  # before each step of the walk
+            nonlocal totals, count
+            if i % self.every:
+                return
+            tt = torch.full((b,), t, device=x.device, dtype=torch.long)
+            x0, _ = ad.denoised(x, tt, classes)
+            draws = renoise(self.members, *x.shape[1:]).transpose(0, 1)
+            a = ad.alpha_bars[t]
+            xs = math.sqrt(a) * x0[None] + math.sqrt(1 - a) * draws  # [members, B, ...]
+            rep = classes.repeat(self.members) if classes is not None else None
+            eps = ad.denoised(xs.flatten(0, 1), tt.repeat(self.members), rep)[1].view_as(xs).double()
+            totals += (eps - eps.mean(0)).pow(2).mean(0).flatten(1).sum(1)
+            count += 1
+
         timesteps = sampling_timesteps(ad.num_train_steps, steps).tolist()
-        totals, count = torch.zeros(b, dtype=torch.float64, device=param.device), 0
-        for i, t in enumerate(timesteps):
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            if i % self.every == 0:
-                tt = torch.full((b,), t, device=x.device, dtype=torch.long)
-                x0, _ = ad.denoised(x, tt, classes)
-                noise = seeding.randn(renoise, (self.members, *x.shape[1:]), x.device, x.dtype).transpose(0, 1)
-                a = ad._schedule[t]
-                xs = math.sqrt(a) * x0[None] + math.sqrt(1 - a) * noise  # [members, B, ...]
-                rep = classes.repeat(self.members) if classes is not None else None
-                eps = ad.denoised(xs.flatten(0, 1), tt.repeat(self.members), rep)[1].view_as(xs).double()
-                totals += (eps - eps.mean(0)).pow(2).mean(0).flatten(1).sum(1)
-                count += 1
-            x = ad.ddim_step(x, t, t_prev, classes)
+        sample_ddim(ad.denoised_at(classes), x, timesteps, ad.alpha_bars, callback=renoised_variance)
         return totals / count
 
 
@@ -265,6 +267,6 @@ class DeepEnsemble:
         self.members = members
         return members
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """Fingerprints of the members (after ``load``)."""
-        return {"class": "DeepEnsemble", "members": [module_fingerprint(m) for m in self.members]}
+        return {"class": "DeepEnsemble", "members": [fingerprint(m) for m in self.members]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genunc_lightning.adapters.base import module_identity
+from genunc_lightning.fingerprints import manifest_entry_of
 from genunc_lightning.uncertainty.scores import generative_uncertainty, member_variance
 
 
@@ -34,7 +34,7 @@ class Likelihood(nn.Module):
         feats = self.features(members.flatten(0, 1))
         return generative_uncertainty(feats.reshape(k, b, -1), self.noise_var)
 
-    def identity(self) -> dict:
+    def manifest_entry(self) -> dict:
         """What identifies this likelihood in a run's manifest."""
         return {"class": type(self).__name__, "name": self.name, "noise_var": self.noise_var}
 
@@ -58,10 +58,10 @@ class SemanticLikelihood(Likelihood):
         """Encoder features, flattened to [N, D]."""
         return self.encoder(samples).flatten(1)
 
-    def identity(self) -> dict:
-        """Includes the encoder's identity (its weights' fingerprint for a plain module)."""
-        ident = super().identity()
-        ident["encoder"] = module_identity(self.encoder)
+    def manifest_entry(self) -> dict:
+        """Includes the encoder's manifest entry (its weights' fingerprint for a plain module)."""
+        ident = super().manifest_entry()
+        ident["encoder"] = manifest_entry_of(self.encoder)
         return ident
 
 

@@ -154,23 +154,23 @@ class GenerativeUncertaintyModule(LightningModule):
             # Row 0 is the pretrained layer itself (the kept sample), rows 1..M the drawn weight sets.
             self.member_weights = {n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained}
 
-    def identity(self) -> dict[str, Any]:
+    def manifest_entry(self) -> dict[str, Any]:
         """What must match for two runs to share results (checked by ``ScoredSampleWriter``)."""
         return {
-            "adapter": self.adapter.identity(),
+            "adapter": self.adapter.manifest_entry(),
             "posterior": (
-                self.posterior.identity()
+                self.posterior.manifest_entry()
                 if isinstance(self.posterior, DeepEnsemble)
                 else {k: str(v) for k, v in self.posterior.metadata().items() if k != "package_version"}
             ),
-            "baselines": [b.identity() for b in self.baselines],
+            "baselines": [b.manifest_entry() for b in self.baselines],
             "num_members": self.num_members,
             "steps": self.steps,
             "member_steps": self.member_steps,
             "posterior_seed": self.posterior_seed,
             "include_pretrained": self.include_pretrained,
             "pretrained_member": self.pretrained_member,
-            "likelihoods": [lik.identity() for lik in self.likelihoods],
+            "likelihoods": [lik.manifest_entry() for lik in self.likelihoods],
         }
 
     def on_predict_start(self) -> None:

@@ -188,8 +188,8 @@ class ScoredSampleWriter(BasePredictionWriter):
         if stage != "predict":
             return
         identity = {
-            "module": pl_module.identity() if hasattr(pl_module, "identity") else {},
-            "data": trainer.datamodule.identity() if hasattr(trainer.datamodule, "identity") else {},
+            "module": pl_module.manifest_entry() if hasattr(pl_module, "manifest_entry") else {},
+            "data": trainer.datamodule.manifest_entry() if hasattr(trainer.datamodule, "manifest_entry") else {},
             "save_samples": self.save_samples,
         }
         identity = json.loads(json.dumps(identity, default=str))
