@@ -1,5 +1,6 @@
 """Scored sampling: scores, Trainer.predict under DDP, the writer, resume after SIGKILL, bad input."""
 
+import copy
 import json
 import math
 import os
@@ -249,3 +250,32 @@ def test_bad_settings_fail_before_sampling(tmp_path, toy_model):
         GenerativeUncertaintyModule(other, str(path))
     with pytest.raises(ValueError, match="must be distinct"):
         GenerativeUncertaintyModule(adapter, str(path), likelihoods=[PixelLikelihood(), PixelLikelihood()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["torch.compile(model)", "model.compile()"])
+def test_a_compiled_denoiser_scores_as_eager_with_no_new_graphs_after_the_first_batch(tmp_path, toy_model, how):
+    import torch._dynamo
+
+    adapter, path = toy_model(tmp_path, steps=4)
+    eager = GenerativeUncertaintyModule(adapter, str(path), num_members=2)
+    batches = [{"index": torch.arange(4) + 4 * i, "seed": torch.arange(4) + 4 * i, "class": torch.full((4,), -1)}
+               for i in range(3)]  # fmt: skip
+    expected = [eager.predict_step(b, i)["scores"]["pixel"] for i, b in enumerate(batches)]
+    eager.on_predict_end()
+
+    torch._dynamo.reset()
+    model = adapter.denoiser
+    if how == "torch.compile(model)":
+        compiled = torch.compile(model)
+    else:
+        compiled = copy.deepcopy(model)
+        compiled.compile()
+    compiled_adapter = GaussianDiffusionAdapter(compiled, "out", (2,), sampler="ddpm", steps=4)
+    module = GenerativeUncertaintyModule(compiled_adapter, str(path), num_members=2)
+    graphs = []
+    for i, b in enumerate(batches):
+        torch.testing.assert_close(module.predict_step(b, i)["scores"]["pixel"], expected[i], rtol=1e-4, atol=1e-4)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    module.on_predict_end()
+    assert graphs[0] > 0 and graphs[1] == graphs[0] == graphs[2], graphs

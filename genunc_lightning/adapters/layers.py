@@ -145,28 +145,25 @@ def use_last_layer_weights(layer: nn.Module, weights: LastLayerWeights | None) -
 
 
 class LastLayerMembers(nn.Module):
-    """K weight sets of a last layer as buffers, applied by one forward hook installed once.
+    """K weight sets of a last layer as buffers, applied by one forward hook while attached.
 
     ``use_last_layer_weights`` registers a new hook on every call, which a compiled denoiser sees as a
-    new graph each time. Here the hook is installed once; which weight sets apply is a Python
-    attribute set by ``active``, so a compiled denoiser builds one graph per selection and reuses it.
-    The weights are buffers, so Lightning moves them with the module that owns this one.
+    new graph each time. Here one hook is attached for a whole run; which weight sets apply is a
+    Python attribute set by ``active``, so a compiled denoiser builds one graph per selection and then
+    reuses it. The weights are buffers, so Lightning moves them with the module that owns this one.
 
     Args:
-        layer: the last layer (weights are applied to its calls while a selection is active).
         weights: per parameter name, K stacked weight sets [K, *parameter.shape].
     """
 
-    def __init__(self, layer: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, weights: Mapping[str, torch.Tensor]) -> None:
         super().__init__()
-        own = layer_parameters(layer)
-        if set(weights) != set(own):
-            raise ValueError(f"Weight sets have parameters {sorted(weights)}, the layer has {sorted(own)}.")
-        self.names = sorted(own)
+        self.names = sorted(weights)
         for name in self.names:
             self.register_buffer(f"stacked_{name}", weights[name].detach().clone())
         self.selection: tuple[int, int] | None = None
-        self._handle = layer.register_forward_hook(self._hook)
+        self._handle: Any = None
+        self._layer: nn.Module | None = None
 
     @property
     def num_sets(self) -> int:
@@ -177,16 +174,36 @@ class LastLayerMembers(nn.Module):
         """Sets ``start`` … ``stop − 1``, stacked, by parameter name."""
         return {n: getattr(self, f"stacked_{n}")[start:stop] for n in self.names}
 
+    def attach(self, layer: nn.Module) -> None:
+        """Installs the hook on ``layer`` (once; a no-op when already attached to it)."""
+        if self._layer is layer:
+            return
+        self.detach()
+        own = layer_parameters(layer)
+        if set(self.names) != set(own):
+            raise ValueError(f"Weight sets have parameters {self.names}, the layer has {sorted(own)}.")
+        self._handle, self._layer = layer.register_forward_hook(self._hook), layer
+
+    def detach(self) -> None:
+        """Removes the hook: the layer is as it was."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle, self._layer = None, None
+
     def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
         if self.selection is None:
             return None
-        start, stop = self.selection
-        weights = {n: w.to(dtype=output.dtype) for n, w in self.weight_sets(start, stop).items()}
+        own = layer_parameters(module)  # as use_last_layer_weights: the layer's own device and dtype
+        weights = {
+            n: w.to(device=own[n].device, dtype=own[n].dtype) for n, w in self.weight_sets(*self.selection).items()
+        }
         return apply_layer_members(module, inputs[0], weights)
 
     @contextmanager
     def active(self, start: int, stop: int) -> Iterator[None]:
         """Within the block, the layer's calls use sets ``start … stop − 1`` (a batch of stop − start chunks)."""
+        if self._layer is None:
+            raise RuntimeError("LastLayerMembers.active needs attach(layer) first.")
         if not 0 <= start < stop <= self.num_sets:
             raise ValueError(f"Weight sets {start}:{stop} are outside 0:{self.num_sets}.")
         self.selection = (start, stop)
@@ -194,7 +211,3 @@ class LastLayerMembers(nn.Module):
             yield
         finally:
             self.selection = None
-
-    def remove(self) -> None:
-        """Uninstalls the hook (the layer is as it was)."""
-        self._handle.remove()

@@ -42,6 +42,7 @@ class OwnSamplerAdapter(GaussianDiffusionAdapter):
     """
 
     fixed_steps = True  # the repository's method decides its steps: members cannot use fewer
+    loops_over_weight_sets = True  # each weight set runs the method from the same RNG state (see ``sample``)
 
     def __init__(
         self,

@@ -68,6 +68,7 @@ class ClassifierTrainingModule(LightningModule):
         self, net: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4, image_range: tuple[float, float] = (-1, 1)
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["net"])  # the network is saved as weights, not pickled
         self.net, self.lr, self.weight_decay, self.image_range = net, lr, weight_decay, tuple(image_range)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

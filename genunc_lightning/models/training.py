@@ -46,6 +46,8 @@ class DiffusionTrainingModule(LightningModule):
         ema_warmup_power: float | None = None,
     ) -> None:
         super().__init__()
+        # The scalar settings go into every checkpoint (the adapter is saved as weights, not pickled).
+        self.save_hyperparameters(ignore=["adapter"])
         self.adapter = adapter
         self.lr = lr
         self.weight_decay = weight_decay

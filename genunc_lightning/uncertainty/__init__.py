@@ -3,6 +3,7 @@
 from genunc_lightning.uncertainty.baselines import AleatoricUncertainty, BaselineScore, BayesDiff, DeepEnsemble
 from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood, SemanticLikelihood
 from genunc_lightning.uncertainty.module import GenerativeUncertaintyModule
+from genunc_lightning.uncertainty.prediction import ScoredPrediction
 from genunc_lightning.uncertainty.scores import gaussian_entropy, generative_uncertainty, member_variance
 from genunc_lightning.uncertainty.writer import ScoredSampleWriter, read_scores
 
@@ -14,6 +15,7 @@ __all__ = [
     "GenerativeUncertaintyModule",
     "Likelihood",
     "PixelLikelihood",
+    "ScoredPrediction",
     "ScoredSampleWriter",
     "SemanticLikelihood",
     "gaussian_entropy",

@@ -246,8 +246,8 @@ class DeepEnsemble:
         """M."""
         return len(self.checkpoints)
 
-    def load(self, adapter: DiffusionAdapter) -> list[nn.Module]:
-        """Loads every member into a copy of the adapter's denoiser; checks the architectures agree."""
+    def load(self, adapter: DiffusionAdapter) -> list[DiffusionAdapter]:
+        """One adapter per member: a copy of ``adapter`` with the member's weights; checks the architectures agree."""
         reference = {k: tuple(v.shape) for k, v in adapter.denoiser.state_dict().items()}
         members = []
         for path in self.checkpoints:
@@ -263,10 +263,10 @@ class DeepEnsemble:
             if shapes != reference:
                 diff = sorted(k for k in set(shapes) | set(reference) if shapes.get(k) != reference.get(k))[:5]
                 raise ValueError(f"Ensemble member {path} differs in architecture from the model at {diff}.")
-            members.append(member_adapter.denoiser.eval())
+            members.append(member_adapter.eval())
         self.members = members
         return members
 
     def manifest_entry(self) -> dict[str, Any]:
         """Fingerprints of the members (after ``load``)."""
-        return {"class": "DeepEnsemble", "members": [fingerprint(m) for m in self.members]}
+        return {"class": "DeepEnsemble", "members": [fingerprint(m.denoiser) for m in self.members]}

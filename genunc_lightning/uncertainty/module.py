@@ -11,10 +11,12 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
 from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.layers import LastLayerMembers
 from genunc_lightning.data.predict import UNCONDITIONAL, collate_check
 from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
 from genunc_lightning.uncertainty.baselines import BaselineScore, DeepEnsemble
 from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood
+from genunc_lightning.uncertainty.prediction import ScoredPrediction
 from genunc_lightning.uncertainty.writer import check_score_names
 
 PRETRAINED_MEMBER_CHOICES = ("kept", "rerun")
@@ -47,9 +49,8 @@ class GenerativeUncertaintyModule(LightningModule):
     same seeds, and M is the number of its checkpoints. ``baselines`` (BayesDiff, AU) add their own
     score columns for the same seeds.
 
-    ``predict_step`` returns the prediction dict every writer and evaluator reads: ``index``,
-    ``seed``, ``class``, ``scores`` (name -> float64 [B]), ``sample`` (decoded kept samples) and,
-    with ``save_variance_maps``, ``variance_maps`` (per-pixel variance over members).
+    ``predict_step`` returns a ``ScoredPrediction`` (``genunc_lightning.uncertainty.prediction``), the one
+    prediction-dict contract that the writer and everything downstream read.
 
     Args:
         adapter: the pretrained model.
@@ -146,13 +147,16 @@ class GenerativeUncertaintyModule(LightningModule):
         check_score_names(names + [b.name for b in self.baselines])
         for baseline in self.baselines:
             baseline.check(adapter, posterior, self.steps)
+        # A deep ensemble's members are adapters of their own (copies of this one with other weights).
         self.ensemble = torch.nn.ModuleList(posterior.load(adapter) if ensemble else [])
-        self.member_weights: dict[str, torch.Tensor] = {}
+        self.members: LastLayerMembers | None = None
         if not ensemble:
             drawn = posterior.sample(num_members, torch.Generator().manual_seed(posterior_seed))
             pretrained = posterior.check_compatible(adapter.denoiser).named_parameters(recurse=False)
             # Row 0 is the pretrained layer itself (the kept sample), rows 1..M the drawn weight sets.
-            self.member_weights = {n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained}
+            # Set 0 is the pretrained layer itself (the kept sample), sets 1..M the drawn ones: buffers that
+            # move with this module, applied through one hook for the whole run (see LastLayerMembers).
+            self.members = LastLayerMembers({n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained})
 
     def manifest_entry(self) -> dict[str, Any]:
         """What must match for two runs to share results (checked by ``ScoredSampleWriter``)."""
@@ -173,31 +177,35 @@ class GenerativeUncertaintyModule(LightningModule):
             "likelihoods": [lik.manifest_entry() for lik in self.likelihoods],
         }
 
-    def on_predict_start(self) -> None:
-        """Moves the drawn weight sets to the model's device."""
-        self.member_weights = {k: v.to(self.device) for k, v in self.member_weights.items()}
-
-    def _weight_sets(self, which: slice) -> dict[str, torch.Tensor]:
-        return {k: v[which] for k, v in self.member_weights.items()}
+    def on_predict_end(self) -> None:
+        """Detaches the weight sets' hook from the last layer."""
+        if self.members is not None:
+            self.members.detach()
 
     def generate(
-        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int, weights: dict[str, torch.Tensor]
+        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int, first: int, stop: int
     ) -> torch.Tensor:
-        """Samples [K, B, ...] for K stacked weight sets, ``member_chunk`` sets per batched forward."""
+        """Samples [K, B, ...] with weight sets ``first … stop − 1``, ``member_chunk`` sets per batched forward."""
+        assert self.members is not None
+        self.members.attach(self.adapter.last_layer_module)
         out = []
-        batch, total = seeds.shape[0], next(iter(weights.values())).shape[0]
-        step = self.member_chunk or (1 if self.device.type == "cpu" else total)
-        for start in range(0, total, step):
-            chunk = {k: v[start : start + step] for k, v in weights.items()}
-            n = next(iter(chunk.values())).shape[0]
+        batch = seeds.shape[0]
+        step = self.member_chunk or (1 if self.device.type == "cpu" else stop - first)
+        for start in range(first, stop, step):
+            end = min(start + step, stop)
+            n = end - start
             rep_classes = classes.repeat(n) if classes is not None else None
-            x = self.adapter.sample(seeds.repeat(n), rep_classes, steps=steps, weights=chunk)
+            if getattr(self.adapter, "loops_over_weight_sets", False):  # the adapter applies each set itself
+                x = self.adapter.sample(seeds.repeat(n), rep_classes, steps, self.members.weight_sets(start, end))
+            else:
+                with self.members.active(start, end):
+                    x = self.adapter.sample(seeds.repeat(n), rep_classes, steps=steps)
             out.append(x.view(n, batch, *x.shape[1:]))
         return torch.cat(out)
 
     def generate_members(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int) -> torch.Tensor:
         """The M member samples [M, B, ...] from the same seeds, with the drawn weight sets."""
-        return self.generate(seeds, classes, steps, self._weight_sets(slice(1, None)))
+        return self.generate(seeds, classes, steps, 1, self.num_members + 1)
 
     @property
     def reruns_pretrained(self) -> bool:
@@ -219,29 +227,20 @@ class GenerativeUncertaintyModule(LightningModule):
         """
         if self.ensemble:
             kept = self.adapter.sample(seeds, classes, steps=self.steps)
-            own = self.adapter.denoiser
-            members = []
-            if self.reruns_pretrained:
-                members.append(self.adapter.sample(seeds, classes, steps=self.member_steps))
-            try:
-                for member in self.ensemble:
-                    self.adapter.denoiser = member
-                    members.append(self.adapter.sample(seeds, classes, steps=self.member_steps))
-            finally:
-                self.adapter.denoiser = own
-            members = torch.stack(members)
+            members = [self.adapter.sample(seeds, classes, steps=self.member_steps)] if self.reruns_pretrained else []
+            members = torch.stack(members + [m.sample(seeds, classes, steps=self.member_steps) for m in self.ensemble])
         elif self.member_steps == self.steps:
-            both = self.generate(seeds, classes, self.steps, self.member_weights)
+            both = self.generate(seeds, classes, self.steps, 0, self.num_members + 1)
             kept, members = both[0], both[1:]
         else:
-            kept = self.generate(seeds, classes, self.steps, self._weight_sets(slice(0, 1)))[0]
+            kept = self.generate(seeds, classes, self.steps, 0, 1)[0]
             first = 0 if self.reruns_pretrained else 1
-            members = self.generate(seeds, classes, self.member_steps, self._weight_sets(slice(first, None)))
+            members = self.generate(seeds, classes, self.member_steps, first, self.num_members + 1)
         if self.reruns_pretrained:  # members[0] is the pretrained re-run at T'
             return kept, members if self.include_pretrained else members[1:]
         return kept, torch.cat([kept[None], members]) if self.include_pretrained else members
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> ScoredPrediction:
         """Samples, members and scores for one batch of ``{"index", "seed", "class"}``."""
         index, seeds, classes = collate_check(batch)
         num_classes = self.adapter.num_classes
@@ -290,7 +289,7 @@ class GenerativeUncertaintyModule(LightningModule):
                 f"{int(diverged.sum())} of {b} samples in batch {batch_idx} have members whose samples diverged "
                 "(NaN or infinite); their generative uncertainty is +inf. Many of them mean a very wide posterior."
             )
-        out: dict[str, Any] = {
+        out: ScoredPrediction = {
             "index": index,
             "seed": seeds,
             "class": classes,

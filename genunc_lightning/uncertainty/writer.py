@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from genunc_lightning.data.predict import missing_indices
 from genunc_lightning.io import atomic_path, write_text_atomic
+from genunc_lightning.uncertainty.prediction import ScoredPrediction, check_prediction
 
 MANIFEST = "manifest.json"
 SCORES = "scores.csv"
@@ -317,7 +318,7 @@ class ScoredSampleWriter(BasePredictionWriter):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        prediction: dict[str, Any],
+        prediction: ScoredPrediction,
         batch_indices: Sequence[int] | None,
         batch: Any,
         batch_idx: int,
@@ -326,6 +327,7 @@ class ScoredSampleWriter(BasePredictionWriter):
         """Writes one shard for the batch, atomically."""
         from safetensors.torch import save_file
 
+        check_prediction(prediction)
         index = prediction["index"].cpu()
         tensors = {
             "index": index.long(),
