@@ -38,4 +38,4 @@ assets: install
 	$(GENUNC) fit --config configs/digits/classifier_evaluator.yaml
 	for i in 0 1 2 3 4; do $(GENUNC) fit --config configs/toy/model.yaml --config configs/toy/fit.yaml \
 	  --seed_everything $$i --trainer.callbacks.filename member$$i; done
-	$(PYTHON) -m genunc_lightning.assets
+	$(PYTHON) -m genunc_lightning.experiments.assets

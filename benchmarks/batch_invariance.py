@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_device, report  # noqa: E402
 
-from genunc_lightning import demo  # noqa: E402
+from genunc_lightning.experiments import demo  # noqa: E402
 from genunc_lightning.uncertainty import PixelLikelihood  # noqa: E402
 from genunc_lightning.uncertainty.writer import read_shards  # noqa: E402
 

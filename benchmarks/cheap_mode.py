@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
-from genunc_lightning import demo  # noqa: E402
 from genunc_lightning.data.toy import grid_modes  # noqa: E402
+from genunc_lightning.experiments import demo  # noqa: E402
 from genunc_lightning.metrics.functional import auroc  # noqa: E402
 from genunc_lightning.uncertainty import PixelLikelihood  # noqa: E402
 from genunc_lightning.uncertainty.writer import read_shards  # noqa: E402

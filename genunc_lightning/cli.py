@@ -48,7 +48,7 @@ def run_fit(args: Sequence[str]) -> LightningCLI:
     """`genunc fit`: plain LightningCLI fit; the model defaults to ``DiffusionTrainingModule``.
 
     Any LightningModule can be named with ``model.class_path`` (the demo's classifiers use
-    ``ClassifierTrainingModule``).
+    ``genunc_lightning.experiments.digits.ClassifierTrainingModule``).
     """
     return _FitCLI(
         LightningModule,
@@ -116,7 +116,7 @@ def run_evaluate(args: Sequence[str]) -> dict:
 
 def run_demo(args: Sequence[str]) -> Any:
     """`genunc demo`: the paper's experiments in miniature on the shipped checkpoints (see ``demo``)."""
-    from genunc_lightning.demo import main as demo_main
+    from genunc_lightning.experiments.demo import main as demo_main
 
     return demo_main(list(args))
 

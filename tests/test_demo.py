@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from genunc_lightning.demo import PAPER_DIGITS, PAPER_TOY, main
+from genunc_lightning.experiments.demo import PAPER_DIGITS, PAPER_TOY, main
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_toy_claim_on_a_smaller_run(tmp_path):
     the demo, on 20K points): at 5 std, the rate after filtering is at most 20% of the rate before,
     for the ensemble and for the `auto` Laplace posterior.
     """
-    from genunc_lightning.demo import DemoSizes, run_toy
+    from genunc_lightning.experiments.demo import DemoSizes, run_toy
 
     toy = run_toy(tmp_path, DemoSizes(toy_samples=10000, toy_fit_points=20000))
     for name in ("ensemble (5 members)", "laplace (auto)"):
@@ -65,7 +65,7 @@ def test_digits_claims_that_hold_on_the_shipped_model(tmp_path):
     kept than generated, and an AUROC for finding them above chance. The FID claim does not hold at
     this scale (README: 'What `make demo` shows'), so it is reported by the demo, not asserted here.
     """
-    from genunc_lightning.demo import DemoSizes, digits_setup
+    from genunc_lightning.experiments.demo import DemoSizes, digits_setup
 
     setup = digits_setup(DemoSizes())
     setup.scored_run(tmp_path / "run")

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from genunc_lightning.assets import SHIPPED, asset_path
 from genunc_lightning.cli import CONFIG_DIR
+from genunc_lightning.experiments.assets import SHIPPED, asset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_checkpoints_are_small_and_load():
-    from genunc_lightning.encoders import DigitsFeatureEncoder
+    from genunc_lightning.experiments.digits import DigitsFeatureEncoder
 
     files = [asset_path(name) for _, _, name in SHIPPED]
     assert sum(f.stat().st_size for f in files) <= 5 * 1024 * 1024

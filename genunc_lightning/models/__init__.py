@@ -1,13 +1,9 @@
 """Small built-in denoisers and the training module behind `genunc fit`."""
 
-from genunc_lightning.models.classifier import ClassifierTrainingModule, DigitsCNN, DigitsMLP
 from genunc_lightning.models.denoisers import MLPDenoiser, SmallUNet, timestep_embedding
 from genunc_lightning.models.training import DiffusionTrainingModule
 
 __all__ = [
-    "ClassifierTrainingModule",
-    "DigitsCNN",
-    "DigitsMLP",
     "DiffusionTrainingModule",
     "MLPDenoiser",
     "SmallUNet",

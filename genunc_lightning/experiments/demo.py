@@ -112,7 +112,7 @@ def scored_run(
 
 
 def _load_adapter(adapter: Any, asset: str) -> Any:
-    from genunc_lightning.assets import asset_path
+    from genunc_lightning.experiments.assets import asset_path
 
     adapter.load_weights(asset_path(asset))
     return adapter.eval()
@@ -139,8 +139,8 @@ def toy_posterior(adapter: Any, sizes: DemoSizes) -> Any:
 
 def run_toy(out: Path, sizes: DemoSizes) -> dict:
     """Ensemble and Laplace generative uncertainty on the 2D toy; hallucination rates and scatters."""
-    from genunc_lightning.assets import asset_path
     from genunc_lightning.data.toy import grid_modes
+    from genunc_lightning.experiments.assets import asset_path
     from genunc_lightning.uncertainty import DeepEnsemble, PixelLikelihood
     from genunc_lightning.uncertainty.writer import read_shards
 
@@ -224,7 +224,7 @@ def digits_setup(sizes: DemoSizes) -> DigitsSetup:
     """Loads the shipped digits UNet and fits its `auto`-scale posterior over the whole dataset."""
     from genunc_lightning.adapters import GaussianDiffusionAdapter
     from genunc_lightning.data import DigitsDataset
-    from genunc_lightning.encoders import DigitsClassifier, DigitsFeatureEncoder
+    from genunc_lightning.experiments.digits import DigitsClassifier, DigitsFeatureEncoder
     from genunc_lightning.models import SmallUNet
 
     unet = SmallUNet(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_classes=10)

@@ -7,7 +7,7 @@ from pathlib import Path
 from genunc_lightning.checkpoints import load_state_dict
 from genunc_lightning.io import atomic_path
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets"
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
 
 
 def asset_path(name: str) -> Path:

@@ -1,7 +1,8 @@
-"""Small digits classifiers: one scores (the role CLIP plays in the paper), the other evaluates (Inception's).
+"""The digits experiment's networks, their training module, and the encoders over their shipped weights.
 
-The two differ in architecture and training seed, so the network that scores is not the network
-that evaluates.
+Two small classifiers: one scores (the role CLIP plays in the paper), the other evaluates (Inception's).
+They differ in architecture and training seed, so the network that scores is not the network that
+evaluates.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from genunc_lightning.checkpoints import load_state_dict
 from genunc_lightning.data.batches import unpack_batch
+from genunc_lightning.encoders.extractors import FeatureExtractor, require_weights_file
+from genunc_lightning.experiments.assets import asset_path
 
 
 class DigitsCNN(nn.Module):
@@ -84,3 +88,47 @@ class ClassifierTrainingModule(LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW."""
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class DigitsFeatureEncoder(FeatureExtractor):
+    """Penultimate features of a shipped (or given) digits classifier, for images in [0, 1].
+
+    Args:
+        architecture: ``cnn`` (``DigitsCNN``, the scorer of the demo) or ``mlp`` (``DigitsMLP``, the
+            evaluator).
+        weights_path: a safetensors or state-dict file; ``None`` uses the package's shipped weights
+            (``digits_scorer_cnn.safetensors`` or ``digits_evaluator_mlp.safetensors``).
+    """
+
+    def __init__(self, architecture: str = "cnn", weights_path: str | None = None) -> None:
+        super().__init__()
+        nets = {
+            "cnn": (DigitsCNN, "digits_scorer_cnn.safetensors"),
+            "mlp": (DigitsMLP, "digits_evaluator_mlp.safetensors"),
+        }
+        if architecture not in nets:
+            raise ValueError(f"architecture must be one of {sorted(nets)}, got {architecture!r}.")
+        cls, shipped = nets[architecture]
+        path = require_weights_file(
+            weights_path if weights_path is not None else asset_path(shipped),
+            f"the digits {architecture} classifier",
+            "Pass weights_path=, or re-create the shipped file with `make assets`.",
+        )
+        self.net = cls()
+        self.net.load_state_dict(load_state_dict(path, f"the digits {architecture} classifier"))
+        self.net.eval().requires_grad_(False)
+        self.architecture = architecture
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [N, D] of [N, 1, 8, 8] images in [0, 1]."""
+        return self.net.features(images)
+
+
+class DigitsClassifier(DigitsFeatureEncoder):
+    """The same shipped digits classifiers, returning class logits (for `genunc evaluate`'s off-class rate)."""
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits [N, 10] of [N, 1, 8, 8] images in [0, 1]."""
+        return self.net(images)
