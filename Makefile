@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --disable-pip-version-check -q -c constraints.txt
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install demo test lint format bench assets
+.PHONY: install demo test test-fast lint format bench assets
 
 install:
 	$(PIP_INSTALL) torch==2.14.1 torchvision==0.29.1
@@ -16,6 +16,10 @@ demo: install
 test: install
 	$(PYTHON) -m ruff check genunc_lightning tests benchmarks
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# Everything but the tests marked slow (the demo's claims, kill -9 and resume, subprocess CLI runs, compiles).
+test-fast: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check genunc_lightning tests benchmarks

@@ -2,8 +2,17 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a missing weight file must fail fast, never reach for a hub
 
+import json
+
 import pytest
 import torch
+from lightning.pytorch import Trainer
+
+from genunc_lightning.data import DiffusionDataModule, SeedDataModule
+from genunc_lightning.evaluation import Evaluation
+from genunc_lightning.laplace import FisherAccumulationCallback, LaplaceFitModule, fisher_batch
+from genunc_lightning.seeding import example_seeds
+from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter
 
 torch.set_num_threads(2)
 
@@ -60,3 +69,156 @@ def toy_model():
 def predict():
     """``predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices=1, replace=False, **module)``."""
     return _predict
+
+
+# --- the Fisher's brute-force reference (per example, per draw, float64) -----------------------
+
+
+def one_example(batch, b):
+    """Example b of a tensor, tuple or dict batch, as a batch of one."""
+    if isinstance(batch, dict):
+        return {k: v[b : b + 1] for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(v[b : b + 1] for v in batch)
+    return batch[b : b + 1]
+
+
+def batch_size(batch):
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0] if isinstance(batch, tuple) else batch
+    return first.shape[0]
+
+
+def brute_force_fisher(adapter, batch, seeds_per_draw):
+    """Σ_b mean_k (∂ loss_bk / ∂θ)², one autograd call per example and draw, float64."""
+    layer = adapter.last_layer_module
+    params = dict(layer.named_parameters())
+    h = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    for seeds in seeds_per_draw:
+        for b in range(batch_size(batch)):
+            loss = adapter.loss(one_example(batch, b), seeds[b : b + 1]).sum()
+            grads = torch.autograd.grad(loss, list(params.values()))
+            for n, g in zip(params, grads, strict=True):
+                h[n] += g.double() ** 2 / len(seeds_per_draw)
+    return h
+
+
+def _assert_fisher_close(adapter, batch, draws=1, rtol=1e-6, atol_scale=1e-12):
+    """Our Fisher equals the brute force (float64 models: rtol 1e-6; float32: pass rtol 1e-4, atol_scale 1e-8)."""
+    seeds = [example_seeds(0, range(batch_size(batch)), stream=k) for k in range(draws)]
+    ours = fisher_batch(adapter, batch, seeds)
+    ref = brute_force_fisher(adapter, batch, seeds)
+    assert set(ours.diag) == set(ref)
+    for name in ref:
+        assert ref[name].abs().max() > 0
+        torch.testing.assert_close(
+            ours.diag[name], ref[name], rtol=rtol, atol=atol_scale * ref[name].abs().max().item()
+        )
+    return ours
+
+
+@pytest.fixture(scope="session")
+def assert_fisher_close():
+    """``assert_fisher_close(adapter, batch, draws=1, rtol=1e-6, atol_scale=1e-12)``: ours against the brute force."""
+    return _assert_fisher_close
+
+
+# --- fit_laplace -> predict -> evaluate for any adapter ----------------------------------------
+
+TRAINER = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+def _fit_predict_evaluate(tmp_path, adapter, train_data, reference_images, num_samples, batch_size, keep, **module):
+    """Runs the three steps on tiny data and returns the evaluation report (pixel score, 2 members)."""
+    posterior = tmp_path / "posterior.safetensors"
+    Trainer(callbacks=[FisherAccumulationCallback(output=str(posterior))], inference_mode=False, **TRAINER).predict(
+        LaplaceFitModule(adapter), datamodule=DiffusionDataModule(train_data, batch_size=16), return_predictions=False
+    )
+    scored = GenerativeUncertaintyModule(adapter, str(posterior), [PixelLikelihood()], num_members=2, **module)
+    Trainer(callbacks=[ScoredSampleWriter(str(tmp_path / "run"))], **TRAINER).predict(
+        scored, datamodule=SeedDataModule(num_samples, batch_size, num_classes=adapter.num_classes),
+        return_predictions=False,
+    )  # fmt: skip
+    reference = torch.utils.data.TensorDataset(reference_images)
+    report = Evaluation(str(tmp_path / "run"), reference, reference_range=(-1.0, 1.0), keep=keep, random_subsets=2,
+                        fractions=[1.0]).run()  # fmt: skip
+    # Checks that hold for any adapter: every sample scored, scores that tell samples apart, and the
+    # report's FID of all samples equal to torchmetrics' own FID on the same pixels.
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from genunc_lightning.uncertainty import read_scores
+    from genunc_lightning.uncertainty.writer import read_shards
+
+    table = read_scores(tmp_path / "run")
+    assert sorted(table["index"].tolist()) == list(range(num_samples))
+    assert torch.isfinite(table["pixel"]).all() and table["pixel"].std() > 0
+    shards = read_shards(tmp_path / "run", columns=["sample"])
+    fake = shards["sample"].flatten(1).double()
+    real = ((reference_images.double() + 1) / 2).clamp(0, 1).flatten(1)
+    fid = FrechetInceptionDistance(feature=_Features(real.shape[1]))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    assert report["results"]["all samples"]["fid"] == pytest.approx(fid.compute().item(), rel=1e-4, abs=1e-6)
+    return report
+
+
+class _Features(torch.nn.Module):
+    """Flattened pixels as FID features, in the form torchmetrics' FrechetInceptionDistance accepts."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+@pytest.fixture(scope="session")
+def fit_predict_evaluate():
+    """``fit_predict_evaluate(tmp_path, adapter, train_data, reference_images, num_samples, batch_size, keep)``."""
+    return _fit_predict_evaluate
+
+
+# --- tiny foreign models built offline ---------------------------------------------------------
+
+
+def _tiny_unet(num_classes=3):
+    import diffusers
+
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=num_classes,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    """``tiny_unet(num_classes=3)``: a diffusers UNet2DModel on 1×8×8 images."""
+    pytest.importorskip("diffusers")
+    return _tiny_unet
+
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config():
+    """An open_clip model config small enough to build offline in a test."""
+    return TINY_CLIP
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    import open_clip
+
+    root = tmp_path_factory.mktemp("clip")
+    (root / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(root / "tiny-test-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-test-clip").eval()
+    torch.save(model.state_dict(), root / "weights.pt")
+    return model, str(root / "weights.pt")

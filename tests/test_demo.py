@@ -14,6 +14,7 @@ def quick_report(tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_report_json_holds_every_section_of_report_md(quick_report):
     out, report = quick_report
     on_disk = json.loads((out / "report.json").read_text())
@@ -42,6 +43,7 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
         assert (out / figure).is_file()
 
 
+@pytest.mark.slow
 def test_toy_claim_on_a_smaller_run(tmp_path):
     """Paper §4.1: dropping the 50% most uncertain removes the hallucinations between modes.
 
@@ -58,6 +60,7 @@ def test_toy_claim_on_a_smaller_run(tmp_path):
         assert rates["after"]["5std"] <= 0.2 * rates["before"]["5std"], (name, rates)
 
 
+@pytest.mark.slow
 def test_digits_claims_that_hold_on_the_shipped_model(tmp_path):
     """Paper §4.2-4.3 on the shipped digits model, ours alone at the demo's size (1,200 samples, keep 1,000).
 

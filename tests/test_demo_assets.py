@@ -37,6 +37,7 @@ def genunc(*args, cwd):
         ["digits/model.yaml", "digits/fit.yaml"],
     ],
 )
+@pytest.mark.slow
 def test_configs_that_recreate_the_shipped_checkpoints_train(configs, tmp_path):
     args = [a for c in configs for a in ("--config", str(CONFIG_DIR / c))]
     overrides = ["--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false",
@@ -61,6 +62,7 @@ def test_every_step_has_a_config_that_parses(command, configs):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path):
     import nbformat
     from nbclient import NotebookClient

@@ -6,16 +6,6 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from genunc_lightning.adapters import DiffusersAdapter, LastLayerError  # noqa: E402
-from tests.pipeline import fit_predict_evaluate  # noqa: E402
-from tests.test_fisher import assert_fisher_close  # noqa: E402
-
-
-def tiny_unet(num_classes=3):
-    return diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, num_class_embeds=num_classes,
-    )  # fmt: skip
 
 
 def tiny_cond_unet():
@@ -33,15 +23,21 @@ def tiny_dit():
     )  # fmt: skip
 
 
-def make(kind, scheduler="DDIMScheduler", prediction_type="epsilon"):
-    torch.manual_seed(0)
-    sched = getattr(diffusers, scheduler)(num_train_timesteps=100, prediction_type=prediction_type)
-    if kind == "unet":
-        return DiffusersAdapter(tiny_unet(), sched, (1, 8, 8), num_classes=3, steps=5)
-    if kind == "cond":
-        ehs = torch.randn(1, 3, 8)
-        return DiffusersAdapter(tiny_cond_unet(), sched, (1, 8, 8), encoder_hidden_states=ehs, steps=5)
-    return DiffusersAdapter(tiny_dit(), sched, (1, 8, 8), num_classes=3, steps=5)
+@pytest.fixture
+def make(tiny_unet):
+    """``make(kind, scheduler, prediction_type)``: a DiffusersAdapter around a tiny unet, cond unet or DiT."""
+
+    def build(kind, scheduler="DDIMScheduler", prediction_type="epsilon"):
+        torch.manual_seed(0)
+        sched = getattr(diffusers, scheduler)(num_train_timesteps=100, prediction_type=prediction_type)
+        if kind == "unet":
+            return DiffusersAdapter(tiny_unet(), sched, (1, 8, 8), num_classes=3, steps=5)
+        if kind == "cond":
+            ehs = torch.randn(1, 3, 8)
+            return DiffusersAdapter(tiny_cond_unet(), sched, (1, 8, 8), encoder_hidden_states=ehs, steps=5)
+        return DiffusersAdapter(tiny_dit(), sched, (1, 8, 8), num_classes=3, steps=5)
+
+    return build
 
 
 CASES = [
@@ -54,7 +50,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("kind", "scheduler"), CASES)
-def test_same_seed_same_sample_in_a_batch_of_1_and_of_8(kind, scheduler):
+def test_same_seed_same_sample_in_a_batch_of_1_and_of_8(kind, scheduler, make):
     adapter = make(kind, scheduler).eval()
     seeds = torch.arange(10, 18)
     classes = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]) if adapter.num_classes else None
@@ -66,13 +62,13 @@ def test_same_seed_same_sample_in_a_batch_of_1_and_of_8(kind, scheduler):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_fisher_on_a_diffusers_unet_matches_brute_force(prediction_type):
+def test_fisher_on_a_diffusers_unet_matches_brute_force(prediction_type, assert_fisher_close, make):
     adapter = make("unet", prediction_type=prediction_type).double()
     batch = (torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
     assert_fisher_close(adapter, batch)
 
 
-def test_learned_sigma_dit_uses_the_prediction_half():
+def test_learned_sigma_dit_uses_the_prediction_half(make):
     adapter = make("dit")
     assert adapter.last_layer == "proj_out_2" and adapter.prediction_channels == 1
     out = adapter.call_denoiser(torch.randn(2, 1, 8, 8), torch.tensor([3, 4]), torch.tensor([0, 1]))
@@ -81,7 +77,7 @@ def test_learned_sigma_dit_uses_the_prediction_half():
 
 @pytest.mark.parametrize(("kind", "scheduler"), [("unet", "DDIMScheduler"), ("dit", "DDPMScheduler"),
                                                  ("cond", "DPMSolverMultistepScheduler")])  # fmt: skip
-def test_fit_laplace_predict_evaluate(kind, scheduler, tmp_path):
+def test_fit_laplace_predict_evaluate(kind, scheduler, tmp_path, fit_predict_evaluate, make):
     adapter = make(kind, scheduler)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(48, 1, 8, 8, generator=g) * 2 - 1
@@ -91,7 +87,7 @@ def test_fit_laplace_predict_evaluate(kind, scheduler, tmp_path):
     assert {"pixel", "random", "realism"} <= set(report["results"])
 
 
-def test_unsupported_scheduler_and_unreached_layer():
+def test_unsupported_scheduler_and_unreached_layer(tiny_unet):
     with pytest.raises(ValueError, match="supported schedulers: DDPMScheduler, DDIMScheduler"):
         DiffusersAdapter(tiny_unet(), diffusers.EulerDiscreteScheduler(), (1, 8, 8), num_classes=3)
     model = tiny_unet()

@@ -1,6 +1,5 @@
 """Feature extractors from local weight files; missing weights fail fast with a how-to."""
 
-import json
 import time
 from pathlib import Path
 
@@ -17,25 +16,6 @@ from genunc_lightning.encoders import (
     TimmEncoder,
     resize_center_crop,
 )
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-
-    root = tmp_path_factory.mktemp("clip")
-    (root / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(root / "tiny-test-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-test-clip").eval()
-    torch.save(model.state_dict(), root / "weights.pt")
-    return model, str(root / "weights.pt")
 
 
 def test_open_clip_from_a_local_file_matches_open_clip_preprocessing(tiny_clip):
@@ -98,7 +78,11 @@ def test_module_encoder_wraps_any_module():
     enc = ModuleEncoder(net, image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rgb=True)
     images = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(enc(images), net((images.expand(-1, 3, -1, -1) - 0.5) / 0.5))
-    assert enc.manifest_entry()["class"] == "ModuleEncoder"
+    # Its manifest entry tells other weights apart and recognises the same ones.
+    other = ModuleEncoder(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)), image_size=8,
+                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rgb=True)  # fmt: skip
+    same = ModuleEncoder(net, image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rgb=True)
+    assert enc.manifest_entry() != other.manifest_entry() and enc.manifest_entry() == same.manifest_entry()
 
 
 class _TouchOnLoad:

@@ -11,49 +11,6 @@ from genunc_lightning.models import MLPDenoiser, SmallUNet
 from genunc_lightning.seeding import example_seeds
 from tests.denoisers import ConvDenoiser, TokenDenoiser
 
-
-def one_example(batch, b):
-    """Example b of a tensor, tuple or dict batch, as a batch of one."""
-    if isinstance(batch, dict):
-        return {k: v[b : b + 1] for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(v[b : b + 1] for v in batch)
-    return batch[b : b + 1]
-
-
-def batch_size(batch):
-    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0] if isinstance(batch, tuple) else batch
-    return first.shape[0]
-
-
-def brute_force_fisher(adapter, batch, seeds_per_draw):
-    """Σ_b mean_k (∂ loss_bk / ∂θ)², one autograd call per example and draw, float64."""
-    layer = adapter.last_layer_module
-    params = dict(layer.named_parameters())
-    h = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    for seeds in seeds_per_draw:
-        for b in range(batch_size(batch)):
-            loss = adapter.loss(one_example(batch, b), seeds[b : b + 1]).sum()
-            grads = torch.autograd.grad(loss, list(params.values()))
-            for n, g in zip(params, grads, strict=True):
-                h[n] += g.double() ** 2 / len(seeds_per_draw)
-    return h
-
-
-def assert_fisher_close(adapter, batch, draws=1, rtol=1e-6, atol_scale=1e-12):
-    """Our Fisher equals the brute force (float64 models: rtol 1e-6; float32: pass rtol 1e-4, atol_scale 1e-8)."""
-    seeds = [example_seeds(0, range(batch_size(batch)), stream=k) for k in range(draws)]
-    ours = fisher_batch(adapter, batch, seeds)
-    ref = brute_force_fisher(adapter, batch, seeds)
-    assert set(ours.diag) == set(ref)
-    for name in ref:
-        assert ref[name].abs().max() > 0
-        torch.testing.assert_close(
-            ours.diag[name], ref[name], rtol=rtol, atol=atol_scale * ref[name].abs().max().item()
-        )
-    return ours
-
-
 CONV_CASES = {
     "conv2d_3x3_bias_groups1": (2, (3, 5, 5), lambda: nn.Conv2d(4, 3, 3, padding=1)),
     "conv2d_3x3_bias_groups2": (2, (4, 5, 5), lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2)),
@@ -66,7 +23,7 @@ CONV_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_conv_last_layers_match_brute_force(case):
+def test_conv_last_layers_match_brute_force(case, assert_fisher_close):
     dims, shape, make = CONV_CASES[case]
     model = ConvDenoiser(dims, shape[0], make()).double()
     adapter = GaussianDiffusionAdapter(model, "out", shape)
@@ -88,12 +45,12 @@ def test_conv2d_unfold_and_vmap_paths_agree(case):
         torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-12)
 
 
-def test_per_token_linear_matches_brute_force():
+def test_per_token_linear_matches_brute_force(assert_fisher_close):
     adapter = GaussianDiffusionAdapter(TokenDenoiser().double(), "decoder_pred", (4, 6), prediction="v")
     assert_fisher_close(adapter, torch.randn(6, 4, 6, dtype=torch.float64))
 
 
-def test_learned_variance_channels_are_dropped_after_the_last_layer():
+def test_learned_variance_channels_are_dropped_after_the_last_layer(assert_fisher_close):
     model = SmallUNet(in_channels=1, base_channels=8, channel_mults=(1,), num_classes=3, learn_sigma=True).double()
     adapter = GaussianDiffusionAdapter(model, "out.2", (1, 6, 6), num_classes=3, output_channels=1)
     batch = (torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
@@ -104,7 +61,7 @@ def test_learned_variance_channels_are_dropped_after_the_last_layer():
 
 
 @pytest.mark.parametrize("draws", [1, 3])
-def test_flow_matching_and_several_draws(draws):
+def test_flow_matching_and_several_draws(draws, assert_fisher_close):
     adapter = FlowMatchingAdapter(MLPDenoiser(data_dim=3, hidden=16, depth=1).double(), "out", (3,))
     ours = assert_fisher_close(adapter, torch.randn(7, 3, dtype=torch.float64), draws=draws)
     assert ours.losses.shape == (draws, 7)

@@ -139,6 +139,7 @@ def cli(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_cli_fit_then_fit_laplace(tmp_path):
     from genunc_lightning.cli import CONFIG_DIR
 

@@ -6,8 +6,6 @@ from torch import nn
 
 from genunc_lightning.adapters import FlowMatchingAdapter, LatentDiffusionAdapter
 from tests.ldm_double import FakeLatentDiffusion
-from tests.pipeline import fit_predict_evaluate
-from tests.test_fisher import assert_fisher_close
 
 
 class DictImages(torch.utils.data.Dataset):
@@ -32,7 +30,7 @@ def ldm_adapter(parameterization="eps", sampler="ddim"):
 
 
 @pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
-def test_ldm_fisher_matches_brute_force(parameterization):
+def test_ldm_fisher_matches_brute_force(parameterization, assert_fisher_close):
     adapter = ldm_adapter(parameterization)  # float32: their get_input casts images with .float()
     data = DictImages(5)
     assert_fisher_close(adapter, {"image": data.images, "class_label": data.labels}, rtol=1e-4, atol_scale=1e-8)
@@ -49,7 +47,7 @@ def test_ldm_same_seed_same_sample_in_batches_of_1_and_8(sampler):
     torch.testing.assert_close(adapter.alphas_cumprod, adapter.denoiser.alphas_cumprod.double())
 
 
-def test_ldm_fit_laplace_predict_evaluate(tmp_path):
+def test_ldm_fit_laplace_predict_evaluate(tmp_path, fit_predict_evaluate):
     adapter = ldm_adapter()
     images = DictImages().images.permute(0, 3, 1, 2)
     report = fit_predict_evaluate(tmp_path, adapter, DictImages(), images, num_samples=20, batch_size=10, keep=10)
@@ -65,14 +63,13 @@ def test_ldm_bad_input():
         LatentDiffusionAdapter(ldm, (2, 4, 4))
 
 
-diffusers = pytest.importorskip("diffusers")
-
-
 class DiTVelocity(nn.Module):
     """A few lines to use a diffusers DiT as a flow-matching velocity network (time in [0, 1])."""
 
     def __init__(self):
         super().__init__()
+        import diffusers
+
         self.dit = diffusers.DiTTransformer2DModel(
             num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1, sample_size=4,
             patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=1,
@@ -82,7 +79,8 @@ class DiTVelocity(nn.Module):
         return self.dit(x, timestep=(t * 999).round().long(), class_labels=y).sample
 
 
-def test_latent_flow_matching_dit_with_dopri5(tmp_path):
+def test_latent_flow_matching_dit_with_dopri5(tmp_path, fit_predict_evaluate):
+    diffusers = pytest.importorskip("diffusers")  # only this test needs it: the LDM tests above run without
     torch.manual_seed(0)
     blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
     vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), latent_channels=4,

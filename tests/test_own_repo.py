@@ -102,6 +102,7 @@ def readme_section_blocks():
     return {lang: re.findall(rf"```{lang}\n(.*?)```", section, re.S) for lang in ("python", "yaml", "bash")}
 
 
+@pytest.mark.slow
 def test_cli_from_the_repository_folder_as_the_readme_shows(repo):
     root, _ = repo
     blocks = readme_section_blocks()

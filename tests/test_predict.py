@@ -201,6 +201,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, toy_model):
     adapter, path = toy_model(tmp_path, hidden=128, steps=200)
     model_cfg = tmp_path / "model.yaml"

@@ -19,19 +19,17 @@ def readme_block(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
-def test_real_model_walkthrough_runs_as_written(tmp_path):
+def test_real_model_walkthrough_runs_as_written(tmp_path, tiny_unet, tiny_clip_config):
     import open_clip
 
     from genunc_lightning.data import DigitsDataset
     from genunc_lightning.uncertainty import read_scores
-    from tests.test_diffusers import tiny_unet
-    from tests.test_encoders import TINY_CLIP
 
     # The files the README names, built here: a diffusers folder, CLIP weights, a dataset.
     torch.manual_seed(0)
     tiny_unet(num_classes=None).save_pretrained(tmp_path / "model" / "unet")
     diffusers.DDIMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "model" / "scheduler")
-    (tmp_path / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
+    (tmp_path / "tiny-test-clip.json").write_text(json.dumps(tiny_clip_config))
     open_clip.add_model_config(tmp_path / "tiny-test-clip.json")
     torch.save(open_clip.create_model("tiny-test-clip").state_dict(), tmp_path / "clip.pt")
     stand_ins = {

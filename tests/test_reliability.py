@@ -312,6 +312,7 @@ def _two_nodes(config, outputs):
     return [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine_equal_one_process(tmp_path, toy_model):
     _, posterior = toy_model(tmp_path)
     config = _model_yaml(tmp_path, posterior)
@@ -327,6 +328,7 @@ def test_two_nodes_on_one_machine_equal_one_process(tmp_path, toy_model):
     assert manifest(tmp_path / "shared")["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_node_whose_shards_are_not_shared_is_named(tmp_path, toy_model):
     _, posterior = toy_model(tmp_path)
     config = _model_yaml(tmp_path, posterior)

@@ -6,9 +6,7 @@ import torch
 from genunc_lightning import seeding
 from genunc_lightning.adapters import SGMAdapter
 from genunc_lightning.seeding import example_seeds
-from tests.pipeline import fit_predict_evaluate
 from tests.sgm_double import FakeDiffusionEngine
-from tests.test_fisher import assert_fisher_close
 
 
 class JpgDataset(torch.utils.data.Dataset):
@@ -44,12 +42,12 @@ def test_residual_is_the_network_output_minus_the_noise():
     torch.testing.assert_close(got, out - noise, rtol=1e-4, atol=1e-4)
 
 
-def test_fisher_matches_brute_force():
+def test_fisher_matches_brute_force(assert_fisher_close):
     data = JpgDataset(5)
     assert_fisher_close(adapter(), {"jpg": data.images, "cls": data.labels}, rtol=1e-4, atol_scale=1e-8)
 
 
-def test_same_seed_same_sample_and_end_to_end(tmp_path):
+def test_same_seed_same_sample_and_end_to_end(tmp_path, fit_predict_evaluate):
     ad = adapter()
     seeds, classes = torch.arange(8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     eight = ad.sample(seeds, classes)
