@@ -70,9 +70,24 @@ class PrecisionRecall(_FeatureSetMetric):
 
     higher_is_better = True
 
+    def real_radii(self) -> torch.Tensor:
+        """The real set's k-NN radii, computed once and kept (a clone of this metric keeps them too).
+
+        Measuring many fake sets against one real set: update the real set, call this once, then
+        ``clone()`` the metric for each fake set.
+        """
+        real = dim_zero_cat(self.real_features)
+        if getattr(self, "_real_radii", None) is None or self._real_radii.shape[0] != real.shape[0]:
+            self._real_radii = F.knn_radii(real, self.k, self.chunk)
+        return self._real_radii
+
     def compute(self) -> dict[str, torch.Tensor]:
         """Precision and recall of the fake set against the real set."""
-        precision, recall = F.precision_recall(*self._sets(), k=self.k, chunk=self.chunk)
+        real, fake = self._sets()
+        radii = self._real_radii if getattr(self, "_real_radii", None) is not None else None
+        if radii is not None and radii.shape[0] != real.shape[0]:
+            radii = None  # the real set grew since the radii were kept
+        precision, recall = F.precision_recall(real, fake, k=self.k, chunk=self.chunk, real_radii=radii)
         return {"precision": precision, "recall": recall}
 
 

@@ -1,5 +1,10 @@
 """Evaluate filtered subsets of a predict run: keep the K best by each score, compare with random.
 
+Three parts: ``selection`` (which samples each method keeps: pure functions, typed ``Method``
+records), ``measurement`` (the package's Metrics against one reference set; torchmetrics' AUROC and
+Spearman) and ``report`` (``evaluation.json``, Markdown and plots, shared with the demo). ``Evaluation``
+below loads a run and a reference set and runs the three.
+
 Reads what `genunc predict` wrote (scores table, shards with the decoded samples), computes
 features of the samples and of a reference set, adds the realism and rarity scores, and for every
 score column, every rank-sum combination and R random subsets keeps K samples. It computes the
@@ -17,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,76 +33,35 @@ from torch.utils.data import Dataset
 from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.data.predict import missing_indices
+from genunc_lightning.evaluation.measurement import ReferenceMeasure, auroc, mean_and_std, spearman
+from genunc_lightning.evaluation.report import auroc_rows, markdown_table, result_rows, write_evaluation
+from genunc_lightning.evaluation.selection import (
+    HIGHER_IS_BETTER,
+    ORACLE,
+    Method,
+    class_balanced_keep,
+    combined_ranks,
+    keep_best,
+    oracle_kept_sets,
+    ordinal_ranks,
+    random_kept_sets,
+)
 from genunc_lightning.fingerprints import manifest_entry_of
-from genunc_lightning.io import atomic_path, write_text_atomic
+from genunc_lightning.io import atomic_path
 from genunc_lightning.metrics import functional as MF
 from genunc_lightning.uncertainty.writer import (
     EVALUATION_COLUMNS,
     SCORES,
+    TABLE_COLUMNS,
     RunDirectoryError,
     read_manifest,
     read_scores,
     read_shards,
 )
 
-HIGHER_IS_BETTER = {"realism"}  # every other column: lower is better (uncertainty, rarity)
-ORACLE = "oracle: on-class first"  # given a classifier: random kept sets that drop off-class samples first
-
 
 class EvaluationError(ValueError):
     """The evaluation cannot run on these inputs."""
-
-
-# --- selection (pure) -------------------------------------------------------------------------
-
-
-def ordinal_ranks(values: torch.Tensor, higher_is_better: bool = False) -> torch.Tensor:
-    """Rank 0 for the best value; ties keep index order (stable)."""
-    order = torch.sort(values.double(), descending=higher_is_better, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks[order] = torch.arange(len(values))
-    return ranks
-
-
-def combined_ranks(columns: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
-    """Sum of each column's ordinal ranks (lower = better on every column together)."""
-    return sum(ordinal_ranks(columns[n], n in HIGHER_IS_BETTER) for n in names)
-
-
-def keep_best(values: torch.Tensor, k: int, higher_is_better: bool = False) -> torch.Tensor:
-    """Positions of the ``k`` best values."""
-    return torch.sort(values.double(), descending=higher_is_better, stable=True).indices[:k]
-
-
-def class_balanced_keep(
-    values: torch.Tensor, classes: torch.Tensor, k: int, higher_is_better: bool = False
-) -> torch.Tensor:
-    """The best within each class, each class keeping its share of ``k`` (largest remainders)."""
-    labels, counts = classes.unique(return_counts=True)
-    quota = counts.double() * k / len(values)
-    take = quota.floor().long()
-    remainder = k - int(take.sum())
-    take[torch.sort(quota - take, descending=True, stable=True).indices[:remainder]] += 1
-    kept = []
-    for label, n in zip(labels.tolist(), take.tolist(), strict=True):
-        members = (classes == label).nonzero().flatten()
-        kept.append(members[keep_best(values[members], n, higher_is_better)])
-    return torch.cat(kept)
-
-
-def mean_and_std(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Each metric's mean and (as ``<metric>_std``) standard deviation over repeated kept sets."""
-    values = {m: torch.tensor([r[m] for r in runs], dtype=torch.float64) for m in runs[0]}
-    means = {m: float(v.mean()) for m, v in values.items()}
-    return {**means, **{f"{m}_std": float(v.std()) for m, v in values.items()}, "subsets": len(runs)}
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation (average ranks for ties; ±inf ranked as the extremes)."""
-    ra, rb = MF.average_ranks(a), MF.average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = (ra.norm() * rb.norm()).item()
-    return float((ra @ rb).item() / denom) if denom > 0 else float("nan")
 
 
 # --- the evaluation -------------------------------------------------------------------------
@@ -276,35 +238,14 @@ class Evaluation:
             )
         return k
 
-    def _metrics(
-        self, reference: dict[str, Any], fake: torch.Tensor, idx: torch.Tensor, off: torch.Tensor | None
-    ) -> dict[str, float]:
-        """FID, precision, recall (and the off-class rate) of the kept set ``idx``.
-
-        ``reference`` holds what depends on the reference set only.
-        """
-        kept = fake[idx]
-        precision, recall = MF.precision_recall(reference["features"], kept, self.k, real_radii=reference["radii"])
-        out = {
-            "fid": MF.frechet_distance(*MF.feature_statistics(kept), *reference["statistics"]).item(),
-            "precision": precision.item(),
-            "recall": recall.item(),
-        }
-        if off is not None:
-            out["off_class"] = off[idx].double().mean().item()
-        return out
-
-    def methods(self, columns: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Each method's ranking values (lower = keep first), by method name."""
-        names = self.scores or [c for c in columns if c not in ("index", "seed", "class")]
+    def methods(self, columns: dict[str, torch.Tensor]) -> list[Method]:
+        """The methods compared: every score column asked for, then every combination whose columns exist."""
+        names = self.scores or [c for c in columns if c not in TABLE_COLUMNS]
         missing = [n for n in names if n not in columns]
         if missing:
             raise EvaluationError(f"Score columns {missing} are not in the run; it has {sorted(columns)}.")
-        ranking = {n: (columns[n], n in HIGHER_IS_BETTER) for n in names}
-        for combo in self.combinations:
-            if all(c in columns for c in combo):
-                ranking[" + ".join(combo)] = (combined_ranks(columns, combo).double(), False)
-        return ranking
+        methods = [Method((n,)) for n in names]
+        return methods + [Method(tuple(c)) for c in self.combinations if all(x in columns for x in c)]
 
     def run(self) -> dict[str, Any]:
         """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
@@ -328,49 +269,44 @@ class Evaluation:
                 "Keep more samples, or use a feature extractor with fewer dimensions (D < K/2).",
                 stacklevel=2,
             )
-        # Computed once: every kept set below is compared with the same reference set.
-        reference = {"features": real, "radii": MF.knn_radii(real, self.k), "statistics": MF.feature_statistics(real)}
-        columns = {c: v for c, v in table.items()}
-        columns["realism"] = MF.realism_score(real, fake, self.k, real_radii=reference["radii"])
-        columns["rarity"] = MF.rarity_score(real, fake, self.k, real_radii=reference["radii"])
         classes = table["class"]
         off = self.off_class(samples, classes)
+        measure = ReferenceMeasure(real, fake, self.k, off)  # the reference side computed once
+        columns = dict(table)
+        radii = measure.prc.real_radii()
+        columns["realism"] = MF.realism_score(real, fake, self.k, real_radii=radii)
+        columns["rarity"] = MF.rarity_score(real, fake, self.k, real_radii=radii)
+        methods = self.methods(columns)
+        if self.class_balanced and (classes >= 0).any():
+            methods = [v for m in methods for v in (m, Method(m.columns, class_balanced=True))]
 
-        def measure(idx: torch.Tensor) -> dict[str, float]:
-            return self._metrics(reference, fake, idx, off)
-
-        ranking = self.methods(columns)
         results: dict[str, Any] = {"all samples": {**measure(torch.arange(n)), "kept": n}}
-        for name, (values, higher) in ranking.items():
-            results[name] = {**measure(keep_best(values, kept, higher)), "kept": kept}
-            if self.class_balanced and (classes >= 0).any():
-                idx = class_balanced_keep(values, classes, kept, higher)
-                results[f"{name} (class-balanced)"] = {**measure(idx), "kept": kept}
+        for method in methods:
+            results[method.label] = {**measure(method.keep(columns, classes, kept)), "kept": kept}
         g = torch.Generator().manual_seed(self.seed)
         if self.random_subsets:
-            randoms = [measure(torch.randperm(n, generator=g)[:kept]) for _ in range(self.random_subsets)]
+            randoms = [measure(idx) for idx in random_kept_sets(n, kept, self.random_subsets, g)]
             results["random"] = {**mean_and_std(randoms), "kept": kept}
         if off is not None and self.random_subsets:
-            # What a perfect failure detector would keep: every on-class sample before any off-class one.
-            on_class, off_class = (~off).nonzero().flatten(), off.nonzero().flatten()
-            oracles = [
-                measure(torch.cat([s[torch.randperm(len(s), generator=g)] for s in (on_class, off_class)])[:kept])
-                for _ in range(self.random_subsets)
-            ]
+            oracles = [measure(idx) for idx in oracle_kept_sets(off, kept, self.random_subsets, g)]
             results[ORACLE] = {**mean_and_std(oracles), "kept": kept}
         everything = {m: v for m, v in results["all samples"].items() if m != "kept"}
 
-        def sweep_point(values: torch.Tensor, higher: bool, fraction: float) -> dict[str, float]:
+        def sweep_point(method: Method, fraction: float) -> dict[str, float]:
             count = max(self.k + 1, round(fraction * n))
-            # Keeping every sample is the same set for every ranking: measured once, above.
-            return {"fraction": fraction, **(everything if count >= n else measure(keep_best(values, count, higher)))}
+            # Keeping every sample is the same set for every method: measured once, above.
+            return {
+                "fraction": fraction,
+                **(everything if count >= n else measure(method.keep(columns, classes, count))),
+            }
 
-        sweep = {name: [sweep_point(v, h, f) for f in self.fractions] for name, (v, h) in ranking.items()}
-        score_names = [s for s in ranking if " + " not in s]
-        correlations = {a: {b: spearman(columns[a], columns[b]) for b in score_names} for a in score_names}
+        ranked = [m for m in methods if not m.class_balanced]
+        sweep = {m.label: [sweep_point(m, f) for f in self.fractions] for m in ranked}
+        singles = [m.columns[0] for m in ranked if not m.is_combination]
+        correlations = {a: {b: spearman(columns[a], columns[b]) for b in singles} for a in singles}
         class_means = {}
         if (classes >= 0).any():
-            for name in score_names:
+            for name in singles:
                 finite = torch.isfinite(columns[name])
                 class_means[name] = {
                     int(c): columns[name][(classes == c) & finite].mean().item() for c in classes.unique().tolist()
@@ -389,78 +325,26 @@ class Evaluation:
         if off is not None:
             # Higher uncertainty (or rarity) should flag the off-class samples; realism the other way.
             report["off_class_auroc"] = {
-                name: MF.auroc(-columns[name] if name in HIGHER_IS_BETTER else columns[name], off)
-                for name in score_names
+                name: auroc(-columns[name] if name in HIGHER_IS_BETTER else columns[name], off) for name in singles
             }
-        self.write(report, samples, columns, ranking)
+        rankings = {name: Method((name,)).ranking(columns) for name in singles}
+        write_evaluation(report, self.output_dir, samples, rankings)
         return report
 
-    # -- outputs ---------------------------------------------------------------------------
 
-    def write(self, report: dict, samples: torch.Tensor, columns: dict, ranking: dict) -> None:
-        """evaluation.json, evaluation.md and the plots."""
-        out = self.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "evaluation.json", json.dumps(_finite(report), indent=2))
-        write_text_atomic(out / "evaluation.md", markdown_table(report))
-        from genunc_lightning import plots
-
-        plots.metric_sweep(report["sweep"], report["results"].get("random"), out / "metrics_vs_fraction.png")
-        for name, (values, higher) in ranking.items():
-            if " + " in name:
-                continue
-            safe = name.replace("/", "_").replace(" ", "_")
-            plots.extremes(samples, values, higher, out / f"extremes_{safe}.png", title=name)
-        if report["class_means"]:
-            plots.class_means(report["class_means"], out / "class_uncertainty.png")
-        plots.correlations(report["spearman"], out / "spearman.png")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _result_columns(results: dict[str, dict]) -> list[tuple[str, str]]:
-    columns = [("fid", "FID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑")]
-    if any("off_class" in r for r in results.values()):
-        columns.append(("off_class", "off-class ↓"))
-    return columns
-
-
-def result_rows(results: dict[str, dict]) -> list[str]:
-    """A Markdown table, header included: a row per kept set (repeated random sets: mean ± std)."""
-    columns = _result_columns(results)
-    rows = ["| kept by | " + " | ".join(title for _, title in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, r in results.items():
-        if "subsets" in r:
-            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m, _ in columns]
-            name = f"{name} ({r['subsets']} subsets)"
-        else:
-            cells = [f"{r[m]:.4g}" for m, _ in columns]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def auroc_rows(aurocs: dict[str, float]) -> list[str]:
-    """A Markdown table of each score's AUROC for telling the off-class samples."""
-    rows = ["| score | AUROC (off-class) |", "|---|---|"]
-    return rows + [f"| {name} | {value:.3f} |" for name, value in aurocs.items()]
-
-
-def markdown_table(report: dict) -> str:
-    """The results as Markdown tables (random: mean ± std)."""
-    lines = [
-        f"Kept {report['kept']} of {report['samples']} samples; reference set of {report['reference']}; "
-        f"k = {report['k']}.",
-        "",
-        *result_rows(report["results"]),
-    ]
-    if "off_class_auroc" in report:
-        lines += ["", *auroc_rows(report["off_class_auroc"])]
-    return "\n".join(lines) + "\n"
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "ORACLE",
+    "Evaluation",
+    "EvaluationError",
+    "Method",
+    "auroc_rows",
+    "class_balanced_keep",
+    "combined_ranks",
+    "keep_best",
+    "markdown_table",
+    "mean_and_std",
+    "ordinal_ranks",
+    "result_rows",
+    "spearman",
+]

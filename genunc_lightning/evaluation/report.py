@@ -1,0 +1,80 @@
+"""The evaluation as people and programs read it: ``evaluation.json``, Markdown tables, plots (also the demo's)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genunc_lightning.io import write_text_atomic
+
+
+def write_evaluation(
+    report: dict, out: Path, samples: torch.Tensor, rankings: dict[str, tuple[torch.Tensor, bool]]
+) -> None:
+    """evaluation.json, evaluation.md and the plots (``rankings``: the single scores' values to rank by)."""
+    from genunc_lightning import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "evaluation.json", json.dumps(_finite(report), indent=2))
+    write_text_atomic(out / "evaluation.md", markdown_table(report))
+    plots.metric_sweep(report["sweep"], report["results"].get("random"), out / "metrics_vs_fraction.png")
+    for name, (values, higher) in rankings.items():
+        safe = name.replace("/", "_").replace(" ", "_")
+        plots.extremes(samples, values, higher, out / f"extremes_{safe}.png", title=name)
+    if report["class_means"]:
+        plots.class_means(report["class_means"], out / "class_uncertainty.png")
+    plots.correlations(report["spearman"], out / "spearman.png")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _result_columns(results: dict[str, dict]) -> list[tuple[str, str]]:
+    columns = [("fid", "FID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑")]
+    if any("off_class" in r for r in results.values()):
+        columns.append(("off_class", "off-class ↓"))
+    return columns
+
+
+def result_rows(results: dict[str, dict]) -> list[str]:
+    """A Markdown table, header included: a row per kept set (repeated random sets: mean ± std)."""
+    columns = _result_columns(results)
+    rows = ["| kept by | " + " | ".join(title for _, title in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, r in results.items():
+        if "subsets" in r:
+            cells = [f"{r[m]:.4g} ± {r[m + '_std']:.2g}" for m, _ in columns]
+            name = f"{name} ({r['subsets']} subsets)"
+        else:
+            cells = [f"{r[m]:.4g}" for m, _ in columns]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def auroc_rows(aurocs: dict[str, float]) -> list[str]:
+    """A Markdown table of each score's AUROC for telling the off-class samples."""
+    rows = ["| score | AUROC (off-class) |", "|---|---|"]
+    return rows + [f"| {name} | {value:.3f} |" for name, value in aurocs.items()]
+
+
+def markdown_table(report: dict) -> str:
+    """The results as Markdown tables (random: mean ± std)."""
+    lines = [
+        f"Kept {report['kept']} of {report['samples']} samples; reference set of {report['reference']}; "
+        f"k = {report['k']}.",
+        "",
+        *result_rows(report["results"]),
+    ]
+    if "off_class_auroc" in report:
+        lines += ["", *auroc_rows(report["off_class_auroc"])]
+    return "\n".join(lines) + "\n"
