@@ -243,6 +243,8 @@ class DiffusionAdapter(nn.Module):
         No code stored in the file runs (see ``genunc_lightning.checkpoints``), so a Lightning
         checkpoint whose hyperparameters hold classes loads too. A Lightning checkpoint of
         ``DiffusionTrainingModule`` holds keys ``adapter.denoiser.*`` and, when trained with EMA,
-        ``ema.*`` (preferred); a plain state dict or safetensors file holds the denoiser's own keys.
+        ``ema.module.*`` (preferred); a plain state dict or safetensors file holds the denoiser's own keys.
         """
-        load_weights_into(original_module(self.denoiser), path, prefixes=("ema.", "adapter.denoiser.", "denoiser."))
+        load_weights_into(
+            original_module(self.denoiser), path, prefixes=("ema.module.", "ema.", "adapter.denoiser.", "denoiser.")
+        )

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from genunc_lightning.checkpoints import CheckpointError, load_state_dict
 from genunc_lightning.fingerprints import fingerprint
@@ -43,20 +45,20 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic resize of the shorter side to ``size``, then a centre crop to size × size."""
+    """Bicubic resize of the shorter side to ``size`` (antialiased when shrinking), then a centre crop.
+
+    torchvision's functional transforms, as CLIP's and timm's own preprocessing use them.
+    """
     h, w = images.shape[-2:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False, antialias=scale < 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top : top + size, left : left + size]
+    x = TF.resize(images, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=scale < 1)
+    return TF.center_crop(x, [size, size])
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Per-channel standardisation."""
-    m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - m) / s
+    return TF.normalize(images, list(mean), list(std))
 
 
 class FeatureExtractor(nn.Module):

@@ -25,7 +25,7 @@ def export_weights(checkpoint: str | Path, output: str | Path, prefix: str) -> P
     Args:
         checkpoint: the ``.ckpt`` written by `genunc fit`.
         output: the safetensors file to write (atomically).
-        prefix: ``ema.`` or ``adapter.denoiser.`` for diffusion models, ``net.`` for classifiers.
+        prefix: ``ema.module.`` or ``adapter.denoiser.`` for diffusion models, ``net.`` for classifiers.
     """
     from safetensors.torch import save_file
 
@@ -40,10 +40,10 @@ def export_weights(checkpoint: str | Path, output: str | Path, prefix: str) -> P
 
 # (checkpoint written by the configs, prefix of the weights in it, shipped file)
 SHIPPED = [
-    ("runs/digits/denoiser.ckpt", "ema.", "digits_unet.safetensors"),
+    ("runs/digits/denoiser.ckpt", "ema.module.", "digits_unet.safetensors"),
     ("runs/digits/classifier_scorer.ckpt", "net.", "digits_scorer_cnn.safetensors"),
     ("runs/digits/classifier_evaluator.ckpt", "net.", "digits_evaluator_mlp.safetensors"),
-    *[(f"runs/toy/member{i}.ckpt", "ema.", f"toy_mlp_{i}.safetensors") for i in range(5)],
+    *[(f"runs/toy/member{i}.ckpt", "ema.module.", f"toy_mlp_{i}.safetensors") for i in range(5)],
 ]
 
 

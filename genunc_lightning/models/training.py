@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from torch.optim.swa_utils import AveragedModel
 
 from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.data.batches import unpack_batch
@@ -23,7 +23,7 @@ class DiffusionTrainingModule(LightningModule):
     """Trains ``adapter.denoiser`` on the adapter's own loss, with an optional EMA copy.
 
     The checkpoint holds ``adapter.denoiser.*`` (the trained weights) and, with ``ema_decay``,
-    ``ema.*``; ``DiffusionAdapter.load_weights`` prefers the EMA weights when present.
+    ``ema.module.*`` (torch's ``AveragedModel``); ``DiffusionAdapter.load_weights`` prefers the EMA weights.
 
     Args:
         adapter: the model family and its denoiser.
@@ -54,7 +54,17 @@ class DiffusionTrainingModule(LightningModule):
         self.ema_decay = ema_decay
         self.warmup_steps = warmup_steps
         self.ema_warmup_power = ema_warmup_power
-        self.ema = copy.deepcopy(adapter.denoiser).requires_grad_(False) if ema_decay else None
+        self.ema = None
+        if ema_decay:
+            # torch's AveragedModel with k-diffusion's decay schedule. The first update (here) copies the
+            # initial weights, so the average starts from them; n_averaged is then the optimiser step.
+            self.ema = AveragedModel(adapter.denoiser, avg_fn=self._ema_average)
+            self.ema.update_parameters(adapter.denoiser)
+            self.ema.requires_grad_(False)
+
+    def _ema_average(self, averaged: torch.Tensor, current: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        decay = ema_decay_at(int(step), self.ema_decay, self.ema_warmup_power)
+        return torch.lerp(averaged, current, 1.0 - decay)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Mean per-example loss ½‖prediction − target‖² divided by the data dimension."""
@@ -67,10 +77,7 @@ class DiffusionTrainingModule(LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Updates the EMA weights."""
         if self.ema is not None:
-            decay = ema_decay_at(self.global_step, self.ema_decay, self.ema_warmup_power)
-            with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.adapter.denoiser.parameters(), strict=True):
-                    e.lerp_(p, 1.0 - decay)
+            self.ema.update_parameters(self.adapter.denoiser)
 
     def configure_optimizers(self) -> Any:
         """AdamW with an optional linear warm-up."""
