@@ -15,6 +15,7 @@ def quick_report(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the demo at its real size: minutes on a slow 2-core machine
 def test_report_json_holds_every_section_of_report_md(quick_report):
     out, report = quick_report
     on_disk = json.loads((out / "report.json").read_text())
@@ -44,6 +45,7 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the demo at its real size: minutes on a slow 2-core machine
 def test_toy_claim_on_a_smaller_run(tmp_path):
     """Paper §4.1: dropping the 50% most uncertain removes the hallucinations between modes.
 
@@ -61,6 +63,7 @@ def test_toy_claim_on_a_smaller_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the demo at its real size: minutes on a slow 2-core machine
 def test_digits_claims_that_hold_on_the_shipped_model(tmp_path):
     """Paper §4.2-4.3 on the shipped digits model, ours alone at the demo's size (1,200 samples, keep 1,000).
 
