@@ -91,11 +91,7 @@ class DiffusionAdapter(nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
-        """Per-example loss ½‖prediction − target‖², summed over dimensions: shape [B].
-
-        This is the Gaussian negative log-likelihood with unit variance (up to a constant), the
-        loss whose empirical Fisher the posterior uses.
-        """
+        """Per-example ½‖prediction − target‖² [B]: the unit-variance Gaussian NLL whose Fisher the posterior uses."""
         return 0.5 * self.residual(batch, seeds).flatten(1).pow(2).sum(1)
 
     @torch.no_grad()
@@ -106,19 +102,22 @@ class DiffusionAdapter(nn.Module):
         steps: int | None = None,
         weights: LastLayerWeights | None = None,
     ) -> torch.Tensor:
-        """Generates one sample per seed.
+        """Samples [B, *sample_shape] in the model's space, one per seed, with ``weights`` in the last layer.
 
         Args:
             seeds: one seed per sample; its initial noise and sampler noise come from it alone.
             classes: class labels for conditional models.
             steps: number of sampler steps (the adapter's default when ``None``).
             weights: last-layer weights to sample with (``None``: the pretrained ones).
-
-        Returns:
-            Samples in the model's space, shape [B, *sample_shape].
         """
         if self.num_classes is not None and classes is None:
             raise ValueError(f"This model is class-conditional ({self.num_classes} classes): pass classes.")
+        return self._sample_with_weights(seeds, classes, steps, weights)
+
+    def _sample_with_weights(
+        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None, weights: LastLayerWeights | None
+    ) -> torch.Tensor:
+        """How weight sets reach the sampler; by default one hook for the whole batch (``use_last_layer_weights``)."""
         with use_last_layer_weights(self.last_layer_module, weights):
             return self._sample(seeds, classes, steps)
 

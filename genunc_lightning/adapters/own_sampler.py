@@ -67,21 +67,14 @@ class OwnSamplerAdapter(GaussianDiffusionAdapter):
         net = getattr(original_module(self.denoiser), self.network)
         return net(x, t) if y is None else net(x, t, y)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        seeds: torch.Tensor,
-        classes: torch.Tensor | None = None,
-        steps: int | None = None,
-        weights: LastLayerWeights | None = None,
+    def _sample_with_weights(
+        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None, weights: LastLayerWeights | None
     ) -> torch.Tensor:
         """Runs the repository's method once per weight set, each time from the same seeded RNG state.
 
         With M stacked weight sets the seeds hold M equal chunks (as ``GenerativeUncertaintyModule``
         passes them); chunk m is sampled with set m.
         """
-        if self.num_classes is not None and classes is None:
-            raise ValueError(f"This model is class-conditional ({self.num_classes} classes): pass classes.")
         layer = self.last_layer_module
         if weights is None:
             return self._sample_batch(seeds, classes, None)
