@@ -191,3 +191,18 @@ def test_auroc_and_average_ranks_match_scipy_and_sklearn_with_ties():
     )
     assert auroc(labels.double(), labels) == 1.0 and auroc(-labels.double(), labels) == 0.0
     assert np.isnan(auroc(scores, torch.zeros(300, dtype=torch.bool)))
+
+
+def test_precision_recall_against_a_fake_set_equals_updating_with_it_and_leaves_the_state():
+    real, fake = feature_sets(d=16)
+    held = PrecisionRecall(k=3)
+    held.update(real, real=True)
+    first = held.against(fake[:50])
+    second = held.against(fake[50:])
+    for part, got in ((fake[:50], first), (fake[50:], second)):
+        fresh = PrecisionRecall(k=3)
+        fresh.update(real, real=True)
+        fresh.update(part, real=False)
+        expected = fresh.compute()
+        assert torch.equal(got["precision"], expected["precision"]) and torch.equal(got["recall"], expected["recall"])
+    assert len(held.fake_features) == 0  # nothing was added to the metric's state

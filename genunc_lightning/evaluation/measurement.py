@@ -12,7 +12,7 @@ class ReferenceMeasure:
     """FID, precision and recall of kept sets, each against the same reference features.
 
     What depends on the reference alone is computed once: its feature statistics, and a
-    ``PrecisionRecall`` Metric holding its features and k-NN radii, cloned for each kept set. FID uses
+    ``PrecisionRecall`` Metric holding its features and k-NN radii, which measures each kept set. FID uses
     the functional core's centred statistics rather than ``FrechetDistance``'s streaming sums, which
     exist to merge across DDP ranks and differ by about 2e-6 relative on the digits features.
 
@@ -33,9 +33,7 @@ class ReferenceMeasure:
     def __call__(self, idx: torch.Tensor) -> dict[str, float]:
         """FID, precision, recall (and the off-class rate) of the kept set ``idx``."""
         kept = self.fake[idx]
-        prc = self.prc.clone()
-        prc.update(kept, real=False)
-        pr = prc.compute()
+        pr = self.prc.against(kept)
         fid = MF.frechet_distance(*MF.feature_statistics(kept), *self.real_statistics)
         out = {"fid": fid.item(), "precision": pr["precision"].item(), "recall": pr["recall"].item()}
         if self.off_class is not None:

@@ -73,13 +73,24 @@ class PrecisionRecall(_FeatureSetMetric):
     def real_radii(self) -> torch.Tensor:
         """The real set's k-NN radii, computed once and kept (a clone of this metric keeps them too).
 
-        Measuring many fake sets against one real set: update the real set, call this once, then
-        ``clone()`` the metric for each fake set.
+        Measuring many fake sets against one real set: update the real set, then ``against`` each fake set.
         """
         real = dim_zero_cat(self.real_features)
         if getattr(self, "_real_radii", None) is None or self._real_radii.shape[0] != real.shape[0]:
             self._real_radii = F.knn_radii(real, self.k, self.chunk)
         return self._real_radii
+
+    def against(self, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Precision and recall of ``fake`` against the real set held, without adding it to the state.
+
+        The real set's radii are computed once (``real_radii``), so kept set after kept set costs only
+        the fake side.
+        """
+        real = dim_zero_cat(self.real_features)
+        precision, recall = F.precision_recall(
+            real, self._features(fake).float(), k=self.k, chunk=self.chunk, real_radii=self.real_radii()
+        )
+        return {"precision": precision, "recall": recall}
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Precision and recall of the fake set against the real set."""
