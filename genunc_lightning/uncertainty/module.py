@@ -134,7 +134,6 @@ class GenerativeUncertaintyModule(LightningModule):
         if not names:
             raise ValueError("Give at least one likelihood.")
         self.likelihoods = torch.nn.ModuleList(likelihoods)
-        self.likelihoods_by_name = set(names)
         self.num_members = num_members
         self.posterior_seed = posterior_seed
         self.include_pretrained = include_pretrained
@@ -271,10 +270,11 @@ class GenerativeUncertaintyModule(LightningModule):
         # uncertain as a sample can be: its scores are +inf, not NaN, and the run says how often.
         diverged = ~torch.isfinite(decoded.flatten(2)).all(2).all(0).cpu()
         scores = {lik.name: lik.score(decoded) for lik in self.likelihoods}
+        member_scores = set(scores)  # the baselines below do not score the members
         for baseline in self.baselines:
             scores[baseline.name] = baseline.score(self.adapter, self.posterior, seeds, cond, self.steps)
         for name, value in scores.items():
-            if name in self.likelihoods_by_name and diverged.any():
+            if name in member_scores and diverged.any():
                 value = value.cpu().clone()
                 value[diverged] = math.inf
                 scores[name] = value
