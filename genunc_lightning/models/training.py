@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim.swa_utils import AveragedModel
 
 from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.data.batches import unpack_batch
+from genunc_lightning.io import atomic_path
 
 
 def ema_decay_at(step: int, decay: float, warmup_power: float | None = None) -> float:
@@ -86,3 +88,45 @@ class DiffusionTrainingModule(LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class WeightSnapshots(Callback):
+    """Saves the denoiser's weights (the EMA's where there is one) after chosen numbers of optimiser steps.
+
+    One run then gives the models of several training lengths: with a learning rate that is constant
+    after its warm-up, the weights after S steps are those of a run of S steps.
+
+    Args:
+        steps: the optimiser steps after which to save.
+        dirpath: where to write ``<filename>_s<step>.safetensors`` (atomically).
+        filename: the files' stem.
+    """
+
+    def __init__(self, steps: list[int], dirpath: str, filename: str = "denoiser") -> None:
+        if not steps or any(int(s) < 1 for s in steps):
+            raise ValueError(f"steps must be positive optimiser steps, got {steps!r}.")
+        self.steps, self.dirpath, self.filename = sorted({int(s) for s in steps}), Path(dirpath), filename
+
+    def path(self, step: int) -> Path:
+        """The file of the snapshot after ``step`` steps."""
+        return self.dirpath / f"{self.filename}_s{step}.safetensors"
+
+    def _save(self, module: LightningModule, step: int) -> None:
+        from safetensors.torch import save_file
+
+        network = module.ema.module if getattr(module, "ema", None) is not None else module.adapter.denoiser
+        weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+        with atomic_path(self.path(step)) as tmp:
+            save_file(weights, str(tmp))
+
+    # The module updates its EMA in its own on_train_batch_end, which Lightning calls after the callbacks':
+    # the weights after S steps are read at the start of batch S + 1, or at the end of training.
+    def on_train_batch_start(self, trainer: Trainer, module: LightningModule, batch: Any, batch_idx: int) -> None:
+        """Saves the weights after the previous batch's step, if it is one of ``steps``."""
+        if trainer.global_step in self.steps and trainer.is_global_zero:
+            self._save(module, trainer.global_step)
+
+    def on_train_end(self, trainer: Trainer, module: LightningModule) -> None:
+        """Saves the final weights, if the last step is one of ``steps``."""
+        if trainer.global_step in self.steps and trainer.is_global_zero:
+            self._save(module, trainer.global_step)
