@@ -262,3 +262,30 @@ def test_grids_show_distinct_samples_and_small_kept_sets_warn(run_dir, tmp_path)
     with pytest.warns(UserWarning, match=r"feature dimension \(512\) is not well below the kept set's size \(K = 100"):
         evaluation(run_dir, feature_extractor=torch.nn.Linear(2, 512), keep=100, fractions=[1.0], random_subsets=0,
                    output_dir=str(tmp_path / "wide")).run()  # fmt: skip
+
+
+def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
+    """The toy model at 20 steps against its own training distribution: the report carries the gate's numbers."""
+    from genunc_lightning.evaluation.gate import GATE_STDS, verdicts
+
+    report = evaluation(run_dir, output_dir=str(tmp_path / "ev"), random_subsets=40, kid_subsets=3, floor_draws=30,
+                        heldout=GaussianGrid2D(num_points=400, seed=9)).run()  # fmt: skip
+    floor = report["floor"]
+    assert (floor["reference_size"], floor["kept_size"], floor["subsets"]) == (300, 60, 30)
+    assert all("kid" in r for r in report["results"].values())
+    for metric, g in report["gate"].items():
+        assert g["informative"] == (g["distance"] >= GATE_STDS), metric
+        assert g["floor"] == pytest.approx(floor[metric])
+    methods = ["pixel", "realism", "rarity", "pixel + realism"]
+    assert {v["method"] for v in report["verdicts"]} == set(methods) and len(report["verdicts"]) == 3 * len(methods)
+    on_disk = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert on_disk["verdicts"] == report["verdicts"]
+    assert "| metric | floor (real vs real) |" in (tmp_path / "ev" / "evaluation.md").read_text()
+    # the verdicts are the gate's on the numbers on disk
+    space = {"floor": on_disk["floor"], "null": on_disk["null"], "methods": {m: on_disk["results"][m] for m in methods}}
+    assert verdicts({"features": space}) == report["verdicts"]
+    with pytest.raises(EvaluationError, match="random kept sets"):
+        evaluation(run_dir, output_dir=str(tmp_path / "ev2"), heldout=GaussianGrid2D(num_points=400, seed=9)).run()
+    with pytest.raises(EvaluationError, match="hold out more data"):
+        evaluation(run_dir, output_dir=str(tmp_path / "ev3"), random_subsets=20,
+                   heldout=GaussianGrid2D(num_points=200, seed=9)).run()  # fmt: skip

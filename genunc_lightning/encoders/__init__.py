@@ -13,6 +13,7 @@ from genunc_lightning.encoders.extractors import (
     resize_center_crop,
     to_rgb,
 )
+from genunc_lightning.encoders.pca import PixelPCA
 
 __all__ = [
     "CLIP_MEAN",
@@ -22,6 +23,7 @@ __all__ = [
     "MissingWeightsError",
     "ModuleEncoder",
     "OpenCLIPEncoder",
+    "PixelPCA",
     "TimmEncoder",
     "normalize",
     "resize_center_crop",

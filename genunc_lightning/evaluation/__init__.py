@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.data.predict import missing_indices
+from genunc_lightning.evaluation.gate import noise_floor, space_gates, verdicts, with_values
 from genunc_lightning.evaluation.measurement import ReferenceMeasure, auroc, mean_and_std, spearman
 from genunc_lightning.evaluation.report import auroc_rows, markdown_table, result_rows, write_evaluation
 from genunc_lightning.evaluation.selection import (
@@ -59,9 +60,51 @@ from genunc_lightning.uncertainty.writer import (
     read_shards,
 )
 
+MIN_NULL_SETS = 19
+
 
 class EvaluationError(ValueError):
     """The evaluation cannot run on these inputs."""
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A finished predict run: (the scores table, the decoded samples in table order); checks nothing is missing."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = read_manifest(run_dir)
+    except RunDirectoryError as err:
+        raise EvaluationError(str(err)) from err
+    if not (run_dir / SCORES).is_file():
+        raise EvaluationError(
+            f"{run_dir} has no {SCORES}: the run did not finish. Re-run the same `genunc predict` command; "
+            "it generates only what is missing and writes the table."
+        )
+    table = read_scores(run_dir)
+    expected = manifest.get("num_samples")
+    if expected is not None:
+        missing = missing_indices(table["index"], expected)
+        if missing:
+            raise EvaluationError(
+                f"{run_dir} is missing {len(missing)} of {expected} indices (first: {missing[:10]}): "
+                "re-run the same `genunc predict` command to finish it."
+            )
+    shards = read_shards(run_dir, columns=["index", "sample"])
+    if not shards:
+        raise EvaluationError(
+            f"{run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
+            "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
+        )
+    if "sample" not in shards:
+        raise EvaluationError(f"{run_dir} was written with save_samples=false: there are no samples.")
+    position = {int(i): p for p, i in enumerate(shards["index"].tolist())}
+    absent = [int(i) for i in table["index"].tolist() if int(i) not in position]
+    if absent:
+        raise EvaluationError(
+            f"The shards of {run_dir} lack {len(absent)} samples of {SCORES} (first: {absent[:10]}): a shard "
+            "was deleted or moved. Re-run the same `genunc predict` command to regenerate them."
+        )
+    order = torch.tensor([position[int(i)] for i in table["index"].tolist()])
+    return table, shards["sample"][order]
 
 
 # --- the evaluation -------------------------------------------------------------------------
@@ -92,6 +135,13 @@ class Evaluation:
         seed: seed of the random subsets.
         classifier: maps samples (like ``feature_extractor``) to class logits, for the off-class
             rate of class-conditional runs; it should not be the network that scores.
+        kid_subsets: also KID (torchmetrics' polynomial kernel), averaged over this many reference
+            subsets of size K drawn once (0: no KID).
+        heldout: real data disjoint from the reference (and from what the model, the scorer and the
+            feature extractor trained on), at least K + the reference's size. Turns on the noise-floor
+            gate of ``evaluation.gate``: the real-vs-real floor at these sizes, whether the random kept
+            sets are far enough above it for a claim to be tested, and each score's verdict.
+        floor_draws: the floor's real-vs-real draws.
     """
 
     def __init__(
@@ -113,6 +163,9 @@ class Evaluation:
         device: str = "cpu",
         seed: int = 0,
         classifier: nn.Module | None = None,
+        kid_subsets: int = 0,
+        heldout: Dataset | None = None,
+        floor_draws: int = 200,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.reference = reference
@@ -131,46 +184,15 @@ class Evaluation:
         self.device = torch.device(device)
         self.seed = seed
         self.classifier = classifier
+        self.kid_subsets = kid_subsets
+        self.heldout = heldout
+        self.floor_draws = floor_draws
 
     # -- inputs ----------------------------------------------------------------------------
 
     def load_run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(the scores table, the decoded samples in table order); checks nothing is missing."""
-        try:
-            manifest = read_manifest(self.run_dir)
-        except RunDirectoryError as err:
-            raise EvaluationError(str(err)) from err
-        if not (self.run_dir / SCORES).is_file():
-            raise EvaluationError(
-                f"{self.run_dir} has no {SCORES}: the run did not finish. Re-run the same `genunc predict` command; "
-                "it generates only what is missing and writes the table."
-            )
-        table = read_scores(self.run_dir)
-        expected = manifest.get("num_samples")
-        if expected is not None:
-            missing = missing_indices(table["index"], expected)
-            if missing:
-                raise EvaluationError(
-                    f"{self.run_dir} is missing {len(missing)} of {expected} indices (first: {missing[:10]}): "
-                    "re-run the same `genunc predict` command to finish it."
-                )
-        shards = read_shards(self.run_dir, columns=["index", "sample"])
-        if not shards:
-            raise EvaluationError(
-                f"{self.run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
-                "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
-            )
-        if "sample" not in shards:
-            raise EvaluationError(f"{self.run_dir} was written with save_samples=false: there are no samples.")
-        position = {int(i): p for p, i in enumerate(shards["index"].tolist())}
-        absent = [int(i) for i in table["index"].tolist() if int(i) not in position]
-        if absent:
-            raise EvaluationError(
-                f"The shards of {self.run_dir} lack {len(absent)} samples of {SCORES} (first: {absent[:10]}): a shard "
-                "was deleted or moved. Re-run the same `genunc predict` command to regenerate them."
-            )
-        order = torch.tensor([position[int(i)] for i in table["index"].tolist()])
-        return table, shards["sample"][order]
+        return load_run(self.run_dir)
 
     @torch.no_grad()
     def features(self, samples: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
@@ -193,9 +215,10 @@ class Evaluation:
             )
         return self.features(samples, self.classifier).argmax(1) != classes
 
-    def reference_samples(self) -> torch.Tensor:
-        """The reference data as one tensor, mapped like the model's ``decode``."""
-        items = [unpack_batch(self.reference[i])[0] for i in range(len(self.reference))]
+    def reference_samples(self, data: Dataset | None = None) -> torch.Tensor:
+        """The reference data (or ``data``) as one tensor, mapped like the model's ``decode``."""
+        data = self.reference if data is None else data
+        items = [unpack_batch(data[i])[0] for i in range(len(data))]
         x = torch.stack([torch.as_tensor(v) for v in items]).float()
         if self.reference_range is not None:
             low, high = self.reference_range
@@ -247,6 +270,27 @@ class Evaluation:
         methods = [Method((n,)) for n in names]
         return methods + [Method(tuple(c)) for c in self.combinations if all(x in columns for x in c)]
 
+    def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
+        """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
+        if self.random_subsets < MIN_NULL_SETS:
+            raise EvaluationError(
+                f"heldout= gives verdicts, whose p-values need at least {MIN_NULL_SETS} random kept sets (p ≤ 0.05 "
+                f"needs 1/(1 + R) ≤ 0.05); random_subsets is {self.random_subsets}. Raise it (200 is a good default)."
+            )
+        heldout = self.features(self.reference_samples(self.heldout))
+        try:
+            floor = noise_floor(heldout, len(real), kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
+        except ValueError as err:
+            raise EvaluationError(str(err)) from err
+        space = {"floor": floor, "null": with_values(randoms), "methods": methods}
+        floor_sizes = {"reference_size": len(real), "kept_size": kept, "split": "heldout"}
+        return {
+            "floor": {**floor, **floor_sizes},
+            "null": space["null"],
+            "gate": space_gates(space),
+            "verdicts": verdicts({"features": space}),
+        }
+
     def run(self) -> dict[str, Any]:
         """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
         table, samples = self.load_run()
@@ -271,7 +315,9 @@ class Evaluation:
             )
         classes = table["class"]
         off = self.off_class(samples, classes)
-        measure = ReferenceMeasure(real, fake, self.k, off)  # the reference side computed once
+        failures = {"off_class": off} if off is not None else None
+        # the reference side computed once
+        measure = ReferenceMeasure(real, fake, self.k, failures, self.kid_subsets, kept, self.seed)
         columns = dict(table)
         radii = measure.prc.real_radii()
         columns["realism"] = MF.realism_score(real, fake, self.k, real_radii=radii)
@@ -284,8 +330,8 @@ class Evaluation:
         for method in methods:
             results[method.label] = {**measure(method.keep(columns, classes, kept)), "kept": kept}
         g = torch.Generator().manual_seed(self.seed)
-        if self.random_subsets:
-            randoms = [measure(idx) for idx in random_kept_sets(n, kept, self.random_subsets, g)]
+        randoms = [measure(idx) for idx in random_kept_sets(n, kept, self.random_subsets, g)]
+        if randoms:
             results["random"] = {**mean_and_std(randoms), "kept": kept}
         if off is not None and self.random_subsets:
             oracles = [measure(idx) for idx in oracle_kept_sets(off, kept, self.random_subsets, g)]
@@ -327,6 +373,8 @@ class Evaluation:
             report["off_class_auroc"] = {
                 name: auroc(-columns[name] if name in HIGHER_IS_BETTER else columns[name], off) for name in singles
             }
+        if self.heldout is not None:
+            report.update(self.gate(real, kept, randoms, {m.label: results[m.label] for m in methods}))
         rankings = {name: Method((name,)).ranking(columns) for name in singles}
         write_evaluation(report, self.output_dir, samples, rankings)
         return report
@@ -342,6 +390,7 @@ __all__ = [
     "class_balanced_keep",
     "combined_ranks",
     "keep_best",
+    "load_run",
     "markdown_table",
     "mean_and_std",
     "ordinal_ranks",

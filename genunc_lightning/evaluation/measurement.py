@@ -9,9 +9,9 @@ from genunc_lightning.metrics import functional as MF
 
 
 class ReferenceMeasure:
-    """FID, precision and recall of kept sets, each against the same reference features.
+    """FID, precision and recall (and KID, and failure rates) of kept sets, each against the same reference features.
 
-    What depends on the reference alone is computed once: its feature statistics, and a
+    What depends on the reference alone is computed once: its feature statistics, its KID subsets, and a
     ``PrecisionRecall`` Metric holding its features and k-NN radii, which measures each kept set. FID uses
     the functional core's centred statistics rather than ``FrechetDistance``'s streaming sums, which
     exist to merge across DDP ranks and differ by about 2e-6 relative on the digits features.
@@ -20,24 +20,43 @@ class ReferenceMeasure:
         real: the reference features [N, D].
         fake: every sample's features [M, D] (kept sets index into them).
         k: the neighbourhood size of precision and recall.
-        off_class: which samples are off-class, for the off-class rate (``None``: not measured).
+        failures: boolean masks over the samples (e.g. ``{"off_class": …}``); each kept set gets the share
+            of its samples each mask flags.
+        kid_subsets: how many reference subsets KID averages over (0: no KID). They are drawn once, so
+            every kept set is compared on the same draws.
+        kid_subset_size: the size of each (default: the whole reference).
+        seed: seed of the KID subsets.
     """
 
-    def __init__(self, real: torch.Tensor, fake: torch.Tensor, k: int, off_class: torch.Tensor | None = None) -> None:
-        self.fake, self.off_class = fake, off_class
+    def __init__(
+        self,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        k: int,
+        failures: dict[str, torch.Tensor] | None = None,
+        kid_subsets: int = 0,
+        kid_subset_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.fake, self.failures = fake, failures or {}
         self.real_statistics = MF.feature_statistics(real)
         self.prc = PrecisionRecall(k=k)
         self.prc.update(real, real=True)
         self.prc.real_radii()
+        g = torch.Generator().manual_seed(seed)
+        size = min(kid_subset_size or len(real), len(real))
+        self.kid_reference = [real[torch.randperm(len(real), generator=g)[:size]] for _ in range(kid_subsets)]
 
     def __call__(self, idx: torch.Tensor) -> dict[str, float]:
-        """FID, precision, recall (and the off-class rate) of the kept set ``idx``."""
+        """FID, precision, recall (KID, and each failure rate) of the kept set ``idx``."""
         kept = self.fake[idx]
         pr = self.prc.against(kept)
         fid = MF.frechet_distance(*MF.feature_statistics(kept), *self.real_statistics)
         out = {"fid": fid.item(), "precision": pr["precision"].item(), "recall": pr["recall"].item()}
-        if self.off_class is not None:
-            out["off_class"] = self.off_class[idx].double().mean().item()
+        if self.kid_reference:
+            out["kid"] = torch.stack([MF.kernel_distance(r, kept) for r in self.kid_reference]).mean().item()
+        for name, mask in self.failures.items():
+            out[name] = mask[idx].double().mean().item()
         return out
 
 

@@ -41,10 +41,13 @@ def _finite(obj: Any) -> Any:
 
 
 def _result_columns(results: dict[str, dict]) -> list[tuple[str, str]]:
-    columns = [("fid", "FID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑")]
-    if any("off_class" in r for r in results.values()):
-        columns.append(("off_class", "off-class ↓"))
-    return columns
+    columns = [("fid", "FID ↓"), ("kid", "KID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑"),
+               ("off_class", "off-class ↓"), ("off_manifold", "off-manifold ↓")]  # fmt: skip
+    return [
+        (m, title)
+        for m, title in columns
+        if m in ("fid", "precision", "recall") or any(m in r for r in results.values())
+    ]
 
 
 def result_rows(results: dict[str, dict]) -> list[str]:
@@ -77,4 +80,29 @@ def markdown_table(report: dict) -> str:
     ]
     if "off_class_auroc" in report:
         lines += ["", *auroc_rows(report["off_class_auroc"])]
+    if "gate" in report:
+        lines += ["", *gate_rows(report["gate"]), "", *verdict_rows(report["verdicts"])]
     return "\n".join(lines) + "\n"
+
+
+def gate_rows(gates: dict[str, dict]) -> list[str]:
+    """A Markdown table of the noise-floor gate: floor, random kept sets, distance, informative."""
+    rows = [
+        "| metric | floor (real vs real) | random kept sets | d (floor stds) | informative |",
+        "|---|---|---|---|---|",
+    ]
+    for metric, g in gates.items():
+        rows.append(f"| {metric} | {g['floor']:.4g} ± {g['floor_std']:.2g} | {g['null']:.4g} ± {g['null_std']:.2g} | "
+                    f"{g['distance']:.1f} | {'yes' if g['informative'] else 'no'} |")  # fmt: skip
+    return rows
+
+
+def verdict_rows(found: list[dict]) -> list[str]:
+    """A Markdown table of computed verdicts: gain over random (null stds), p-value, verdict."""
+    rows = ["| kept by | metric | value | gain (null stds) | p | verdict |", "|---|---|---|---|---|---|"]
+    for v in found:
+        where = f"{v['metric']} ({v['space']})" if v.get("space", "features") != "features" else v["metric"]
+        rows.append(
+            f"| {v['method']} | {where} | {v['value']:.4g} | {v['gain']:+.2f} | {v['p']:.3f} | {v['verdict']} |"
+        )
+    return rows

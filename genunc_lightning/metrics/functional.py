@@ -198,3 +198,24 @@ def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
         return float("nan")
     rank_sum = average_ranks(scores)[positives].sum().item() + n_pos  # 1-based ranks
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def kernel_distance(
+    real: torch.Tensor, fake: torch.Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0
+) -> torch.Tensor:
+    """KID: the unbiased MMD² of two feature sets under torchmetrics' polynomial kernel, in float64.
+
+    ``(x·y·γ + coef)^degree`` with γ = 1/D by default, as in torchmetrics' ``KernelInceptionDistance``.
+    The sets may differ in size; for equal sizes this is torchmetrics' ``poly_mmd`` (the value of one
+    of its subsets).
+    """
+    from torchmetrics.image.kid import poly_kernel
+
+    real, fake = real.double(), fake.double()
+    m, n = len(real), len(fake)
+    if m < 2 or n < 2:
+        raise ValueError(f"KID needs at least 2 real and 2 fake features, got {m} and {n}.")
+    k_rr, k_ff, k_rf = (poly_kernel(a, b, degree, gamma, coef) for a, b in ((real, real), (fake, fake), (real, fake)))
+    within_real = (k_rr.sum() - k_rr.diagonal().sum()) / (m * (m - 1))
+    within_fake = (k_ff.sum() - k_ff.diagonal().sum()) / (n * (n - 1))
+    return within_real + within_fake - 2 * k_rf.mean()

@@ -1,0 +1,124 @@
+"""Whether an evaluation can tell: the real-vs-real noise floor, the gate on it, and computed verdicts.
+
+A filtering claim ("keeping the K least uncertain beats random kept sets of K on FID") can only be seen
+where the model's random kept sets are measurably worse than real data of the same size: at the
+floor, any selection can only look worse. So, per metric and feature space:
+
+1. the **floor**: the metric of real held-out sets of K against a reference of R, over many random
+   partitions of the held-out data;
+2. the **gate**: the model's random kept sets (the null) must be worse than the floor by at least
+   ``GATE_STDS`` floor standard deviations, else the metric is *uninformative at this scale*;
+3. the **verdict** of a score that passes the gate: its gain over the null in null standard deviations,
+   and the empirical one-sided p-value of its kept set among the null's; the claim *holds* when
+   p ≤ ``SIGNIFICANCE``.
+
+Everything here is a pure function of feature tensors or of the report's numbers, so verdicts are
+recomputed from ``report.json`` (``verdicts``), never written by hand. The rules these implement are
+fixed in docs/digits_experiment_rules.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from genunc_lightning.evaluation.measurement import ReferenceMeasure, mean_and_std
+
+# +1: lower is better (the model's random sets sit above the floor); -1: higher is better.
+GATED_METRICS = {"fid": 1.0, "kid": 1.0, "precision": -1.0}
+GATE_STDS = 3.0
+SIGNIFICANCE = 0.05
+HOLDS, FAILS, UNINFORMATIVE = "holds", "does not hold", "uninformative at this scale"
+
+
+def noise_floor(
+    heldout: torch.Tensor,
+    reference_size: int,
+    kept_size: int,
+    draws: int = 200,
+    k: int = 3,
+    kid_subsets: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Real-vs-real metrics at the experiment's sizes, over random partitions of the held-out features.
+
+    Each draw splits ``heldout`` [H, D] at random into a reference of ``reference_size`` and a disjoint
+    real set of ``kept_size``, and measures the real set as a kept set is measured (same metrics, same
+    KID subset size).
+
+    Returns:
+        Each metric's mean and ``<metric>_std`` over the draws, ``subsets`` (the number of draws), and
+        ``values``: every draw's value per metric.
+    """
+    if reference_size + kept_size > len(heldout):
+        raise ValueError(
+            f"The floor needs {reference_size} + {kept_size} held-out items for disjoint reference and real sets, "
+            f"but there are {len(heldout)}: hold out more data or lower the kept or reference size."
+        )
+    g = torch.Generator().manual_seed(seed)
+    runs = []
+    for draw in range(draws):
+        perm = torch.randperm(len(heldout), generator=g)
+        reference, real = heldout[perm[:reference_size]], heldout[perm[reference_size : reference_size + kept_size]]
+        measure = ReferenceMeasure(reference, real, k, kid_subsets=kid_subsets, kid_subset_size=kept_size, seed=draw)
+        runs.append(measure(torch.arange(kept_size)))
+    return with_values(runs)
+
+
+def with_values(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """``mean_and_std`` of repeated measurements, keeping every value (for verdicts recomputed later)."""
+    return {**mean_and_std(runs), "values": {m: [r[m] for r in runs] for m in runs[0]}}
+
+
+def gate(floor: dict[str, Any], null: dict[str, Any], metric: str) -> dict[str, Any]:
+    """How far the null (random kept sets) is from the floor, in floor stds, and whether that passes.
+
+    The distance is signed so that > 0 means the model's random kept sets are worse than real data.
+    """
+    sign = GATED_METRICS[metric]
+    std = floor[f"{metric}_std"]
+    distance = sign * (null[metric] - floor[metric]) / std if std > 0 else float("inf") * sign
+    return {
+        "distance": float(distance),
+        "informative": bool(distance >= GATE_STDS),
+        "floor": floor[metric],
+        "floor_std": std,
+        "null": null[metric],
+        "null_std": null[f"{metric}_std"],
+    }
+
+
+def verdict(value: float, null_values: list[float], metric: str, informative: bool) -> dict[str, Any]:
+    """A score's gain over the null (in null stds), its one-sided p-value among the null, and the verdict."""
+    sign = GATED_METRICS[metric]
+    null = torch.tensor(null_values, dtype=torch.float64)
+    std = float(null.std())
+    gain = sign * (float(null.mean()) - value) / std if std > 0 else 0.0
+    as_good = int((sign * (null - value) <= 0).sum())  # null kept sets at least as good as the score's
+    p = (1 + as_good) / (1 + len(null))
+    label = UNINFORMATIVE if not informative else (HOLDS if p <= SIGNIFICANCE else FAILS)
+    return {"value": value, "gain": gain, "p": p, "verdict": label}
+
+
+def space_gates(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The gate of every gated metric of one feature space's results (``floor`` and ``null`` entries)."""
+    return {m: gate(space["floor"], space["null"], m) for m in GATED_METRICS if m in space["floor"]}
+
+
+def verdicts(spaces: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every score's verdict on every gated metric in every space, from the report's numbers alone.
+
+    Args:
+        spaces: per feature space, ``floor`` and ``null`` (as ``noise_floor`` and ``with_values``
+            return them) and ``methods``: each method's measured metrics.
+    """
+    out = []
+    for space_name, space in spaces.items():
+        gates = space_gates(space)
+        for method, measured in space["methods"].items():
+            for metric, g in gates.items():
+                v = verdict(measured[metric], space["null"]["values"][metric], metric, g["informative"])
+                out.append({"method": method, "space": space_name, "metric": metric, **v,
+                            "distance_from_floor": g["distance"]})  # fmt: skip
+    return out
