@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --disable-pip-version-check -q -c constraints.txt
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install demo test test-fast lint format bench assets
+.PHONY: install demo test test-fast lint format bench assets experiments
 
 install:
 	$(PIP_INSTALL) torch==2.14.1 torchvision==0.29.1
@@ -12,6 +12,11 @@ install:
 
 demo: install
 	$(PYTHON) -m genunc_lightning.cli demo
+
+# The digits model-quality sweep of docs/digits_experiment_rules.md (about 30 minutes on 2 CPU cores):
+# runs/experiments/, and the table and figure of docs/experiments.md.
+experiments: install
+	$(PYTHON) -m genunc_lightning.experiments.sweep --output runs/experiments --docs docs
 
 test: install
 	$(PYTHON) -m ruff check genunc_lightning tests benchmarks
@@ -37,7 +42,7 @@ bench:
 # Re-create the checkpoints shipped in genunc_lightning/assets (not needed for demo or test).
 GENUNC = $(PYTHON) -m genunc_lightning.cli
 assets: install
-	$(GENUNC) fit --config configs/digits/model.yaml --config configs/digits/fit.yaml
+	$(GENUNC) fit --config configs/digits/model.yaml --config configs/digits/fit.yaml --trainer.enable_progress_bar false
 	$(GENUNC) fit --config configs/digits/classifier_scorer.yaml
 	$(GENUNC) fit --config configs/digits/classifier_evaluator.yaml
 	for i in 0 1 2 3 4; do $(GENUNC) fit --config configs/toy/model.yaml --config configs/toy/fit.yaml \

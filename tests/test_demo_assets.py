@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genunc_lightning.cli import CONFIG_DIR
-from genunc_lightning.experiments.assets import SHIPPED, asset_path
+from genunc_lightning.experiments.assets import SHIPPED, SNAPSHOTS, asset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shipped_checkpoints_are_small_and_load():
     from genunc_lightning.experiments.digits import DigitsFeatureEncoder
 
-    files = [asset_path(name) for _, _, name in SHIPPED]
-    assert sum(f.stat().st_size for f in files) <= 5 * 1024 * 1024
+    files = [asset_path(name) for _, _, name in SHIPPED] + [asset_path(Path(s).name) for s in SNAPSHOTS]
+    assert sum(f.stat().st_size for f in files) <= 16 * 1024 * 1024  # five 2.5 MB digits UNets, the rest small
     for arch in ("cnn", "mlp"):
         assert DigitsFeatureEncoder(arch)(torch.rand(3, 1, 8, 8)).shape[0] == 3
     with pytest.raises(FileNotFoundError, match="make assets"):
@@ -30,21 +30,24 @@ def genunc(*args, cwd):
 
 
 @pytest.mark.parametrize(
-    "configs",
+    ("configs", "extra", "expected"),
     [
-        ["digits/classifier_scorer.yaml"],
-        ["digits/classifier_evaluator.yaml"],
-        ["digits/model.yaml", "digits/fit.yaml"],
+        (["digits/classifier_scorer.yaml"], [], ["classifier_scorer.ckpt"]),
+        (["digits/classifier_evaluator.yaml"], [], ["classifier_evaluator.ckpt"]),
+        # the sweep's snapshots, here after 2 and 3 of 3 steps
+        (["digits/model.yaml", "digits/fit.yaml"], ["--trainer.callbacks.steps", "[2, 3]"],
+         ["digits_unet_s2.safetensors", "digits_unet_s3.safetensors"]),
     ],
-)
+)  # fmt: skip
 @pytest.mark.slow
-def test_configs_that_recreate_the_shipped_checkpoints_train(configs, tmp_path):
+def test_configs_that_recreate_the_shipped_checkpoints_train(configs, extra, expected, tmp_path):
     args = [a for c in configs for a in ("--config", str(CONFIG_DIR / c))]
-    overrides = ["--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false",
-                 "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.dirpath", str(tmp_path)]  # fmt: skip
+    overrides = ["--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
+                 str(tmp_path), "--trainer.callbacks.dirpath", str(tmp_path), *extra]  # fmt: skip
     res = genunc("fit", *args, *overrides, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert len(list(tmp_path.glob("*.ckpt"))) == 1
+    written = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".ckpt", ".safetensors"))
+    assert written == expected
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from genunc_lightning.checkpoints import load_state_dict
@@ -40,18 +41,26 @@ def export_weights(checkpoint: str | Path, output: str | Path, prefix: str) -> P
 
 # (checkpoint written by the configs, prefix of the weights in it, shipped file)
 SHIPPED = [
-    ("runs/digits/denoiser.ckpt", "ema.module.", "digits_unet.safetensors"),
     ("runs/digits/classifier_scorer.ckpt", "net.", "digits_scorer_cnn.safetensors"),
     ("runs/digits/classifier_evaluator.ckpt", "net.", "digits_evaluator_mlp.safetensors"),
     *[(f"runs/toy/member{i}.ckpt", "ema.module.", f"toy_mlp_{i}.safetensors") for i in range(5)],
 ]
 
 
+# The digits UNet after each sweep length: configs/digits/fit.yaml's WeightSnapshots writes them ready to ship.
+SNAPSHOTS = [f"runs/digits/digits_unet_s{s}.safetensors" for s in (150, 300, 600, 1500, 6000)]
+
+
 def main() -> None:
-    """Exports every shipped asset from the checkpoints that `make assets` trains."""
+    """Exports every shipped asset from the checkpoints and snapshots that `make assets` trains."""
     for checkpoint, prefix, name in SHIPPED:
         path = export_weights(checkpoint, ASSET_DIR / name, prefix)
         print(f"{checkpoint} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    for snapshot in SNAPSHOTS:
+        path = ASSET_DIR / Path(snapshot).name
+        with atomic_path(path) as tmp:
+            shutil.copyfile(snapshot, tmp)
+        print(f"{snapshot} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":
