@@ -13,7 +13,7 @@ install:
 demo: install
 	$(PYTHON) -m genunc_lightning.cli demo
 
-# The digits model-quality sweep of docs/digits_experiment_rules.md (about 30 minutes on 2 CPU cores):
+# The digits model-quality sweep of docs/digits_experiment_rules.md (20 minutes on the slower 2-core machine):
 # runs/experiments/, and the table and figure of docs/experiments.md.
 experiments: install
 	$(PYTHON) -m genunc_lightning.experiments.sweep --output runs/experiments --docs docs

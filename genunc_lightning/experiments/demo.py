@@ -60,7 +60,7 @@ class DemoSizes:
     toy_fit_points: int = 20000
     experiment: ExperimentSizes = field(default_factory=ExperimentSizes)
     steps: int | None = None  # the digits sampler's steps (None: the primary setting's 50)
-    temperatures: tuple[float, ...] = (0.1, 10.0)
+    temperatures: list[float] = field(default_factory=lambda: [0.1, 10.0])
 
 
 def hallucination_rates(points: torch.Tensor, modes: torch.Tensor, std: float, ks=(3, 4, 5)) -> dict[str, float]:
@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the experiment)")
     parser.add_argument("--only", choices=["toy", "digits"], default=None, help="run one part")
     args = parser.parse_args(list(argv or []))
-    sizes = DemoSizes() if not args.quick else DemoSizes(2000, 2000, QUICK_EXPERIMENT, steps=10, temperatures=(10.0,))
+    sizes = DemoSizes() if not args.quick else DemoSizes(2000, 2000, QUICK_EXPERIMENT, steps=10, temperatures=[10.0])
     out = Path(args.output)
     start = time.perf_counter()
     report: dict[str, Any] = {"sizes": asdict(sizes)}
