@@ -273,9 +273,8 @@ def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
     floor = report["floor"]
     assert (floor["reference_size"], floor["kept_size"], floor["subsets"]) == (300, 60, 30)
     assert all("kid" in r for r in report["results"].values())
-    for metric, g in report["gate"].items():
-        assert g["informative"] == (g["distance"] >= GATE_STDS), metric
-        assert g["floor"] == pytest.approx(floor[metric])
+    # a 20-step toy model is far from its data on FID and KID: both can test claims
+    assert report["gate"]["fid"]["distance"] > GATE_STDS and report["gate"]["kid"]["informative"]
     methods = ["pixel", "realism", "rarity", "pixel + realism"]
     assert {v["method"] for v in report["verdicts"]} == set(methods) and len(report["verdicts"]) == 3 * len(methods)
     on_disk = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
@@ -284,8 +283,10 @@ def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
     # the verdicts are the gate's on the numbers on disk
     space = {"floor": on_disk["floor"], "null": on_disk["null"], "methods": {m: on_disk["results"][m] for m in methods}}
     assert verdicts({"features": space}) == report["verdicts"]
+    # inputs that cannot give verdicts are refused before any work, and nothing is written
     with pytest.raises(EvaluationError, match="random kept sets"):
         evaluation(run_dir, output_dir=str(tmp_path / "ev2"), heldout=GaussianGrid2D(num_points=400, seed=9)).run()
     with pytest.raises(EvaluationError, match="hold out more data"):
         evaluation(run_dir, output_dir=str(tmp_path / "ev3"), random_subsets=20,
                    heldout=GaussianGrid2D(num_points=200, seed=9)).run()  # fmt: skip
+    assert not (tmp_path / "ev2").exists() and not (tmp_path / "ev3").exists()

@@ -13,11 +13,10 @@ from genunc_lightning.evaluation.gate import (
     HOLDS,
     UNINFORMATIVE,
     gate,
+    judged_space,
     noise_floor,
-    space_gates,
     verdict,
     verdicts,
-    with_values,
 )
 from genunc_lightning.evaluation.measurement import ReferenceMeasure
 from genunc_lightning.evaluation.selection import random_kept_sets
@@ -60,6 +59,8 @@ def test_kernel_distance_is_torchmetrics_kid_with_feature_extractor():
 
 
 def test_kernel_distance_of_unequal_sets_matches_a_numpy_brute_force():
+    from genunc_lightning.metrics.functional import kernel_within
+
     g = torch.Generator().manual_seed(1)
     real, fake = torch.randn(30, 5, generator=g), torch.randn(20, 5, generator=g) + 0.5
     x, y = real.double().numpy(), fake.double().numpy()
@@ -71,6 +72,8 @@ def test_kernel_distance_of_unequal_sets_matches_a_numpy_brute_force():
     yy = np.mean([k(y[i], y[j]) for i in range(20) for j in range(20) if i != j])
     xy = np.mean([k(a, b) for a in x for b in y])
     assert kernel_distance(real, fake).item() == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+    cached = kernel_distance(real, fake, within_real=kernel_within(real))  # the reference term computed once
+    assert cached.item() == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
 
 
 def test_pixel_pca_matches_sklearn():
@@ -121,13 +124,10 @@ def _small_run(failure_share, seed=0, n=240, keep=200, d=4):
     floor = noise_floor(heldout[300:], reference_size=250, kept_size=keep, draws=60, k=3, kid_subsets=3)
     measure = ReferenceMeasure(heldout[:300], samples, 3, {"failure": failures}, kid_subsets=3, kid_subset_size=keep)
     columns, classes = {"detector": detector, "blind": blind}, torch.full((n,), -1)
-    space = {
-        "floor": floor,
-        "null": with_values([measure(i) for i in random_kept_sets(n, keep, 100, torch.Generator().manual_seed(1))]),
-        "methods": {c: measure(Method((c,)).keep(columns, classes, keep)) for c in columns},
+    null = [measure(i) for i in random_kept_sets(n, keep, 100, torch.Generator().manual_seed(1))]
+    return {
+        "features": judged_space(floor, null, {c: measure(Method((c,)).keep(columns, classes, keep)) for c in columns})
     }
-    space["gate"] = space_gates(space)
-    return {"features": space}
 
 
 def test_small_run_with_failures_is_informative_and_separates_the_scores():

@@ -33,8 +33,14 @@ from torch.utils.data import Dataset
 from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.data.predict import missing_indices
-from genunc_lightning.evaluation.gate import noise_floor, space_gates, verdicts, with_values
-from genunc_lightning.evaluation.measurement import ReferenceMeasure, auroc, mean_and_std, spearman
+from genunc_lightning.evaluation.gate import judged_space, noise_floor, verdicts
+from genunc_lightning.evaluation.measurement import (
+    ReferenceMeasure,
+    auroc,
+    mean_and_std,
+    network_outputs,
+    spearman,
+)
 from genunc_lightning.evaluation.report import auroc_rows, markdown_table, result_rows, write_evaluation
 from genunc_lightning.evaluation.selection import (
     HIGHER_IS_BETTER,
@@ -200,9 +206,7 @@ class Evaluation:
         network = network if network is not None else self.feature_extractor
         if network is None:
             return samples.flatten(1).float()
-        network.to(self.device).eval()
-        out = [network(b.to(self.device)).float().cpu() for b in samples.split(self.batch_size)]
-        return torch.cat(out).flatten(1)
+        return network_outputs(network, samples, self.batch_size, self.device)
 
     def off_class(self, samples: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
         """Which samples the classifier puts in another class than asked (``None`` without a classifier)."""
@@ -270,26 +274,29 @@ class Evaluation:
         methods = [Method((n,)) for n in names]
         return methods + [Method(tuple(c)) for c in self.combinations if all(x in columns for x in c)]
 
-    def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
-        """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
+    def check_gate_inputs(self, reference_size: int, kept: int) -> None:
+        """Fails before any work when ``heldout=`` cannot give verdicts (too few null sets or held-out items)."""
+        if self.heldout is None:
+            return
         if self.random_subsets < MIN_NULL_SETS:
             raise EvaluationError(
                 f"heldout= gives verdicts, whose p-values need at least {MIN_NULL_SETS} random kept sets (p ≤ 0.05 "
                 f"needs 1/(1 + R) ≤ 0.05); random_subsets is {self.random_subsets}. Raise it (200 is a good default)."
             )
+        if reference_size + kept > len(self.heldout):
+            raise EvaluationError(
+                f"The floor needs {reference_size} + {kept} held-out items for disjoint reference and real sets, "
+                f"but heldout= has {len(self.heldout)}: hold out more data or lower keep or the reference size."
+            )
+
+    def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
+        """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
         heldout = self.features(self.reference_samples(self.heldout))
-        try:
-            floor = noise_floor(heldout, len(real), kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
-        except ValueError as err:
-            raise EvaluationError(str(err)) from err
-        space = {"floor": floor, "null": with_values(randoms), "methods": methods}
+        floor = noise_floor(heldout, len(real), kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
+        space = judged_space(floor, randoms, methods)
         floor_sizes = {"reference_size": len(real), "kept_size": kept, "split": "heldout"}
-        return {
-            "floor": {**floor, **floor_sizes},
-            "null": space["null"],
-            "gate": space_gates(space),
-            "verdicts": verdicts({"features": space}),
-        }
+        return {"floor": {**floor, **floor_sizes}, "null": space["null"], "gate": space["gate"],
+                "verdicts": verdicts({"features": space})}  # fmt: skip
 
     def run(self) -> dict[str, Any]:
         """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
@@ -306,6 +313,7 @@ class Evaluation:
         MF.check_features("features of the run's samples", fake)
         real = self.reference_features()
         MF.check_pair(real, fake, self.k)
+        self.check_gate_inputs(len(real), kept)
         if fake.shape[1] > kept / 2:
             warnings.warn(
                 f"The feature dimension ({fake.shape[1]}) is not well below the kept set's size (K = {kept}): the "

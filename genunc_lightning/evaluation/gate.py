@@ -101,6 +101,12 @@ def verdict(value: float, null_values: list[float], metric: str, informative: bo
     return {"value": value, "gain": gain, "p": p, "verdict": label}
 
 
+def judged_space(floor: dict[str, Any], null_runs: list[dict[str, float]], methods: dict[str, dict]) -> dict[str, Any]:
+    """One feature space's results as ``verdicts`` reads them: floor, null (with its values), methods, gate."""
+    space = {"floor": floor, "null": with_values(null_runs), "methods": methods}
+    return {**space, "gate": space_gates(space)}
+
+
 def space_gates(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The gate of every gated metric of one feature space's results (``floor`` and ``null`` entries)."""
     return {m: gate(space["floor"], space["null"], m) for m in GATED_METRICS if m in space["floor"]}

@@ -46,6 +46,8 @@ class ReferenceMeasure:
         g = torch.Generator().manual_seed(seed)
         size = min(kid_subset_size or len(real), len(real))
         self.kid_reference = [real[torch.randperm(len(real), generator=g)[:size]] for _ in range(kid_subsets)]
+        # the reference subsets' own kernel term is the same for every kept set: computed once
+        self.kid_within_real = [MF.kernel_within(r) for r in self.kid_reference]
 
     def __call__(self, idx: torch.Tensor) -> dict[str, float]:
         """FID, precision, recall (KID, and each failure rate) of the kept set ``idx``."""
@@ -54,10 +56,21 @@ class ReferenceMeasure:
         fid = MF.frechet_distance(*MF.feature_statistics(kept), *self.real_statistics)
         out = {"fid": fid.item(), "precision": pr["precision"].item(), "recall": pr["recall"].item()}
         if self.kid_reference:
-            out["kid"] = torch.stack([MF.kernel_distance(r, kept) for r in self.kid_reference]).mean().item()
+            pairs = zip(self.kid_reference, self.kid_within_real, strict=True)
+            kid = [MF.kernel_distance(r, kept, within_real=w) for r, w in pairs]
+            out["kid"] = torch.stack(kid).mean().item()
         for name, mask in self.failures.items():
             out[name] = mask[idx].double().mean().item()
         return out
+
+
+@torch.no_grad()
+def network_outputs(
+    network: torch.nn.Module, samples: torch.Tensor, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Outputs [N, D] of ``network`` on samples, in batches, in eval mode, as float32 on the CPU."""
+    network.to(device).eval()
+    return torch.cat([network(b.to(device)).float().cpu() for b in samples.split(batch_size)]).flatten(1)
 
 
 def mean_and_std(runs: list[dict[str, float]]) -> dict[str, float]:

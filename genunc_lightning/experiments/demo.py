@@ -167,10 +167,11 @@ def run_digits(out: Path, sizes: DemoSizes) -> dict:
         extremes(point["samples"], point["scores"][name], False, path, title=f"{name} uncertainty (least | most)")
         grids[name] = str(path.relative_to(out))
 
+    adapter = digits_adapter(PRIMARY_TRAINING_STEPS, steps)  # loaded once for the cost and scale sweeps
+
     def ours_only(run_dir: Path, **kwargs: Any) -> dict:
         """Ours alone (the semantic score), evaluated like the main run."""
         kwargs.setdefault("num_members", sizes.experiment.members)
-        adapter = digits_adapter(PRIMARY_TRAINING_STEPS, steps)
         _, seconds = scored_run(
             run_dir,
             adapter,

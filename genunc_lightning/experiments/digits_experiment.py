@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from genunc_lightning.evaluation import HIGHER_IS_BETTER, Method, load_run
-from genunc_lightning.evaluation.gate import noise_floor, space_gates, verdicts, with_values
-from genunc_lightning.evaluation.measurement import ReferenceMeasure, auroc
+from genunc_lightning.evaluation.gate import judged_space, noise_floor, verdicts
+from genunc_lightning.evaluation.measurement import ReferenceMeasure, auroc, network_outputs
 from genunc_lightning.evaluation.selection import random_kept_sets
 from genunc_lightning.experiments.runs import fit_posterior, load_adapter, scored_run
 from genunc_lightning.metrics import functional as MF
@@ -80,10 +80,8 @@ def images01(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (data.images + 1) / 2, data.labels
 
 
-@torch.no_grad()
-def _apply(network: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    network.eval()
-    return torch.cat([network(b).float() for b in images.split(batch)]).flatten(1)
+def _apply(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return network_outputs(network, images, batch_size=512)
 
 
 class HeldOutEvaluation:
@@ -188,13 +186,9 @@ class HeldOutEvaluation:
             measure = ReferenceMeasure(
                 self.reference[name], _apply(net, samples), s.k, failures, s.kid_subsets, s.keep, seed=self.seed
             )
-            space = {
-                "floor": self.floor[name],
-                "null": with_values([measure(i) for i in null_sets]),
-                "all samples": measure(torch.arange(n)),
-                "methods": {m: measure(i) for m, i in kept.items()},
-            }
-            space["gate"] = space_gates(space)
+            methods_measured = {m: measure(i) for m, i in kept.items()}
+            space = judged_space(self.floor[name], [measure(i) for i in null_sets], methods_measured)
+            space["all samples"] = measure(torch.arange(n))
             spaces[name] = space
         singles = [m.columns[0] for m in methods if not m.is_combination]
         report = {

@@ -67,9 +67,13 @@ def sign_test(gains: Sequence[float]) -> dict[str, float]:
 
 def point_gain(point: dict, method: str, space: str = PRIMARY_SPACE, metric: str = PRIMARY_METRIC) -> float:
     """A method's gain over random (in the null's stds) at one point, from its computed verdicts."""
+    return _verdict_of(point, method, space, metric)["gain"]
+
+
+def _verdict_of(point: dict, method: str, space: str, metric: str) -> dict:
     for v in point["verdicts"]:
         if (v["method"], v["space"], v["metric"]) == (method, space, metric):
-            return v["gain"]
+            return v
     raise KeyError(f"no verdict for {method} / {space} / {metric}")
 
 
@@ -123,10 +127,6 @@ def figure(points: list[dict], path: Path) -> None:
         ax.set_title(f"{space} features, {len(points)} sweep points", fontsize=9)
     axes[0][-1].legend(fontsize=7)
     _save(plt, fig, path)
-
-
-def _verdict_of(point: dict, method: str, space: str, metric: str) -> dict:
-    return next(v for v in point["verdicts"] if (v["method"], v["space"], v["metric"]) == (method, space, metric))
 
 
 def markdown(report: dict) -> str:

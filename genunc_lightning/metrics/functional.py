@@ -200,22 +200,35 @@ def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def kernel_within(x: torch.Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> torch.Tensor:
+    """The mean off-diagonal polynomial kernel of a feature set with itself (one term of KID), float64."""
+    from torchmetrics.image.kid import poly_kernel
+
+    x = x.double()
+    m = len(x)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 features in each set, got {m}.")
+    k = poly_kernel(x, x, degree, gamma, coef)
+    return (k.sum() - k.diagonal().sum()) / (m * (m - 1))
+
+
 def kernel_distance(
-    real: torch.Tensor, fake: torch.Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    within_real: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KID: the unbiased MMD² of two feature sets under torchmetrics' polynomial kernel, in float64.
 
     ``(x·y·γ + coef)^degree`` with γ = 1/D by default, as in torchmetrics' ``KernelInceptionDistance``.
     The sets may differ in size; for equal sizes this is torchmetrics' ``poly_mmd`` (the value of one
-    of its subsets).
+    of its subsets). ``within_real``: ``kernel_within(real)``, when one reference meets many fake sets.
     """
     from torchmetrics.image.kid import poly_kernel
 
-    real, fake = real.double(), fake.double()
-    m, n = len(real), len(fake)
-    if m < 2 or n < 2:
-        raise ValueError(f"KID needs at least 2 real and 2 fake features, got {m} and {n}.")
-    k_rr, k_ff, k_rf = (poly_kernel(a, b, degree, gamma, coef) for a, b in ((real, real), (fake, fake), (real, fake)))
-    within_real = (k_rr.sum() - k_rr.diagonal().sum()) / (m * (m - 1))
-    within_fake = (k_ff.sum() - k_ff.diagonal().sum()) / (n * (n - 1))
-    return within_real + within_fake - 2 * k_rf.mean()
+    if within_real is None:
+        within_real = kernel_within(real, degree, gamma, coef)
+    cross = poly_kernel(real.double(), fake.double(), degree, gamma, coef).mean()
+    return within_real + kernel_within(fake, degree, gamma, coef) - 2 * cross
