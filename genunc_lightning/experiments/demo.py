@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,8 @@ from genunc_lightning.io import write_text_atomic
 
 TOY_MEMBERS = [f"toy_mlp_{i}.safetensors" for i in range(5)]
 PAPER_TOY = "laplace (paper preset: laplace-torch EF, sigma = lambda = 1, N = n)"
+TOY_METHODS = ("ensemble (5 members)", "laplace (auto)", PAPER_TOY)
 PAPER_DIGITS = "paper preset (laplace-torch EF, sigma = lambda = 1, N = n)"
-DIGITS_UNET = "digits_unet.safetensors"
 
 
 # A smoke run's sizes, not the experiment's.
@@ -98,23 +98,30 @@ def toy_posterior(adapter: Any, sizes: DemoSizes) -> Any:
     return fit_posterior(adapter, GaussianGrid2D(num_points=sizes.toy_fit_points, seed=0), batch_size=2000)
 
 
-def run_toy(out: Path, sizes: DemoSizes) -> dict:
-    """Ensemble and Laplace generative uncertainty on the 2D toy; hallucination rates and scatters."""
+def run_toy(out: Path, sizes: DemoSizes, methods: Collection[str] | None = None) -> dict:
+    """Ensemble and Laplace generative uncertainty on the 2D toy; hallucination rates and scatters.
+
+    Args:
+        out: The demo's output folder (runs go to ``out/toy``, the figure to ``out/toy_figure2.png``).
+        sizes: How many samples to draw and how many points the posterior is fitted on.
+        methods: Which of ``TOY_METHODS`` to run (default: all three).
+    """
     from genunc_lightning.data.toy import grid_modes
     from genunc_lightning.experiments.assets import asset_path
     from genunc_lightning.uncertainty import DeepEnsemble, PixelLikelihood
     from genunc_lightning.uncertainty.writer import read_shards
 
+    if methods is not None and (unknown := set(methods) - set(TOY_METHODS)):
+        raise ValueError(f"Unknown toy methods {sorted(unknown)}; choose from {list(TOY_METHODS)}.")
     adapter = toy_adapter()
     posterior = toy_posterior(adapter, sizes)
-    methods = {
-        "ensemble (5 members)": DeepEnsemble([str(asset_path(m)) for m in TOY_MEMBERS[1:]]),
-        "laplace (auto)": posterior,
-        PAPER_TOY: posterior.paper(),
-    }
+    toy_methods = dict(zip(TOY_METHODS, [DeepEnsemble([str(asset_path(m)) for m in TOY_MEMBERS[1:]]), posterior,
+                                         posterior.paper()], strict=True))  # fmt: skip
+    if methods is not None:
+        toy_methods = {name: post for name, post in toy_methods.items() if name in methods}
     modes, results, kept_sets = grid_modes(), {}, {}
     samples = None
-    for i, (name, post) in enumerate(methods.items()):
+    for i, (name, post) in enumerate(toy_methods.items()):
         run_dir = out / "toy" / f"run{i}"
         print(f"  toy: {name}", flush=True)
         table, seconds = scored_run(run_dir, adapter, post, [PixelLikelihood()], sizes.toy_samples, 5000)
