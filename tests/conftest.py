@@ -2,7 +2,14 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a missing weight file must fail fast, never reach for a hub
 
+import io
 import json
+import logging
+import multiprocessing
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +23,113 @@ from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikel
 
 torch.set_num_threads(2)
 
+# Tests that need processes of their own (DDP ranks, nodes, a run to kill) start them from one fork
+# server that imported the package once: a new interpreter would spend 12 s importing it again each
+# time. (Forked from a clean server, not from this process, whose OpenMP threads a fork would not carry.)
+multiprocessing.set_forkserver_preload(["genunc_lightning", "genunc_lightning.cli", "lightning.pytorch"])
+DDP_START_METHOD = "forkserver"
+
+
+@pytest.fixture(scope="session")
+def ddp_start_method():
+    """How the DDP tests start their ranks: ``DDPStrategy(start_method=...)``, ``mp.start_processes``."""
+    return DDP_START_METHOD
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# --- `genunc ...` in this process ---------------------------------------------------------------
+
+
+@dataclass
+class CliRun:
+    """What a `genunc` command left: its exit code and what it printed (Lightning's log lines included)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _genunc(*args, cwd):
+    """Runs ``genunc ARGS`` from ``cwd`` in this process, as the console script would.
+
+    Starting an interpreter costs 12 s of imports on a 2-core machine, so the tests run the CLI here
+    (or in a process forked from the fork server, ``genunc_process``); the README's commands in
+    tests/test_own_repo.py start the installed console script.
+    """
+    from genunc_lightning.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # Lightning's loggers hold the stderr of import time: point them at this run's stderr meanwhile.
+    handlers = [h for name in ("lightning.pytorch", "lightning.fabric") for h in logging.getLogger(name).handlers
+                if isinstance(h, logging.StreamHandler)]  # fmt: skip
+    streams = [h.setStream(err) for h in handlers]
+    old_cwd, old_path = os.getcwd(), list(sys.path)
+    try:
+        os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:] = old_path
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def genunc():
+    """``genunc(*args, cwd)`` -> CliRun(returncode, stdout, stderr): the CLI, run in this process."""
+    return _genunc
+
+
+def _cli_in_this_process(args, cwd, env, stdout, stderr):
+    """The body of a `genunc` process: its environment, folder and output files, then the CLI."""
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    from genunc_lightning.cli import main
+
+    main(args)  # SystemExit(code) is the process's exit code
+
+
+class GenuncProcess:
+    """``genunc ARGS`` in a process of its own, forked from the fork server: ``pid``, ``wait``, ``stderr``."""
+
+    def __init__(self, *args, cwd, env=None):
+        self.stdout, self.stderr_path = Path(cwd) / f".genunc-{id(self)}.out", Path(cwd) / f".genunc-{id(self)}.err"
+        context = multiprocessing.get_context(DDP_START_METHOD)
+        self.process = context.Process(target=_cli_in_this_process, args=([str(a) for a in args], str(cwd),
+                                       env or {}, str(self.stdout), str(self.stderr_path)))  # fmt: skip
+        self.process.start()
+        self.pid = self.process.pid
+
+    def wait(self, timeout=300):
+        """The exit code, once the process ended."""
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            self.process.kill()
+            raise TimeoutError(f"genunc ran past {timeout} s")
+        return self.process.exitcode
+
+    @property
+    def stderr(self):
+        return self.stderr_path.read_text()
+
+
+@pytest.fixture(scope="session")
+def genunc_process():
+    """``genunc_process(*args, cwd, env=None)`` -> GenuncProcess: the CLI in a process of its own, started."""
+    return GenuncProcess
 
 
 # --- a tiny toy model, its posterior and predict runs (shared by the predict and reliability tests) ---
@@ -53,7 +162,9 @@ def _predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices
     writer = ScoredSampleWriter(str(out_dir), replace_other_run=replace)
     kwargs = dict(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False)
     if devices > 1:
-        kwargs["strategy"] = "ddp_spawn"
+        from lightning.pytorch.strategies import DDPStrategy
+
+        kwargs["strategy"] = DDPStrategy(start_method=DDP_START_METHOD)
     trainer = Trainer(callbacks=[writer], enable_model_summary=False, **kwargs)
     trainer.predict(module, datamodule=SeedDataModule(num_samples, batch_size, seed=3), return_predictions=False)
     return read_scores(out_dir)

@@ -1,11 +1,10 @@
 """The embedded default: shipped checkpoints, the configs that re-create them, the notebook."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from genunc_lightning.cli import CONFIG_DIR
 from genunc_lightning.experiments.assets import SHIPPED, SNAPSHOTS, asset_path
@@ -24,11 +23,6 @@ def test_shipped_checkpoints_are_small_and_load():
         asset_path("missing.safetensors")
 
 
-def genunc(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "genunc_lightning.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("configs", "extra", "expected"),
     [
@@ -39,8 +33,7 @@ def genunc(*args, cwd):
          ["digits_unet_s2.safetensors", "digits_unet_s3.safetensors"]),
     ],
 )  # fmt: skip
-@pytest.mark.slow
-def test_configs_that_recreate_the_shipped_checkpoints_train(configs, extra, expected, tmp_path):
+def test_configs_that_recreate_the_shipped_checkpoints_train(configs, extra, expected, tmp_path, genunc):
     args = [a for c in configs for a in ("--config", str(CONFIG_DIR / c))]
     overrides = ["--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
                  str(tmp_path), "--trainer.callbacks.dirpath", str(tmp_path), *extra]  # fmt: skip
@@ -59,10 +52,13 @@ def test_configs_that_recreate_the_shipped_checkpoints_train(configs, extra, exp
         ("predict", ["toy/model.yaml", "toy/predict.yaml"]),
     ],
 )
-def test_every_step_has_a_config_that_parses(command, configs):
+def test_every_step_has_a_config_that_parses(command, configs, genunc):
     args = [a for c in configs for a in ("--config", str(CONFIG_DIR / c))]
     res = genunc(command, *args, "--print_config", cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
+    printed = yaml.safe_load(res.stdout)
+    for config in configs:  # every setting of every file reaches the parsed config
+        assert set(yaml.safe_load((CONFIG_DIR / config).read_text())) <= set(printed), config
 
 
 @pytest.mark.slow

@@ -1,8 +1,6 @@
 """`genunc evaluate`: selection maths, an end-to-end run on a predict directory, bad input."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -116,27 +114,23 @@ def test_end_to_end_report(run_dir, tmp_path):
     assert again["results"]["pixel"] == results["pixel"]
 
 
-@pytest.mark.slow
-def test_cli_evaluate(run_dir, tmp_path):
+def test_cli_evaluate(run_dir, tmp_path, genunc):
     cfg = tmp_path / "ev.yaml"
     cfg.write_text(
         f"run_dir: {run_dir}\nreference:\n  class_path: genunc_lightning.data.GaussianGrid2D\n"
         "  init_args: {num_points: 200, seed: 2}\nkeep: 0.5\nrandom_subsets: 2\nfractions: [1.0]\n"
         f"output_dir: {tmp_path / 'out'}\n"
     )
-    printed = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "evaluate", "--config", str(cfg),
-                              "--print_config"], capture_output=True, text=True)  # fmt: skip
+    printed = genunc("evaluate", "--config", cfg, "--print_config", cwd=tmp_path)
     assert printed.returncode == 0 and "random_subsets: 2" in printed.stdout
-    res = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "evaluate", "--config", str(cfg)],
-                         capture_output=True, text=True)  # fmt: skip
+    res = genunc("evaluate", "--config", cfg, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| pixel |" in res.stdout and (tmp_path / "out" / "evaluation.json").is_file()
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["kept"] == 60  # half of 120
     # A count, as configs/digits/evaluate.yaml gives it (it once reached the evaluation as 1000.0).
     text = cfg.read_text().replace("keep: 0.5", "keep: 70")
     cfg.write_text(text.replace(f"output_dir: {tmp_path / 'out'}", f"output_dir: {tmp_path / 'out70'}"))
-    res = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "evaluate", "--config", str(cfg)],
-                         capture_output=True, text=True)  # fmt: skip
+    res = genunc("evaluate", "--config", cfg, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "out70" / "evaluation.json").read_text())["kept"] == 70
 

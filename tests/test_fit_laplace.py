@@ -1,8 +1,5 @@
 """The Fisher pass through Lightning: Trainer.predict, DDP, the callback, the CLI."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -57,7 +54,9 @@ def test_subset_is_a_fraction_or_a_count_even_when_a_parser_made_it_a_float():
             subset_indices(300, bad)
 
 
-def test_two_ddp_processes_equal_one(tmp_path):
+def test_two_ddp_processes_equal_one(tmp_path, ddp_start_method):
+    from lightning.pytorch.strategies import DDPStrategy
+
     data = GaussianGrid2D(num_points=203, seed=2)  # uneven split across ranks
     one = run_fit(make_module(), DiffusionDataModule(data, batch_size=16, subset=0.5), output=tmp_path / "one.st")
     run_fit(
@@ -65,7 +64,7 @@ def test_two_ddp_processes_equal_one(tmp_path):
         DiffusionDataModule(data, batch_size=16, subset=0.5),
         output=tmp_path / "two.st",
         devices=2,
-        strategy="ddp_spawn",
+        strategy=DDPStrategy(start_method=ddp_start_method),
     )
     two = DiagonalLaplacePosterior.load(tmp_path / "two.st")
     assert two.num_examples == one.num_examples == 102
@@ -133,18 +132,11 @@ def test_bad_callback_settings():
         LaplaceFitModule(GaussianDiffusionAdapter(MLPDenoiser(), "out", (2,)), draws_per_example=0)
 
 
-def cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "genunc_lightning.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-@pytest.mark.slow
-def test_cli_fit_then_fit_laplace(tmp_path):
+def test_cli_fit_then_fit_laplace(tmp_path, genunc):
     from genunc_lightning.cli import CONFIG_DIR
 
     model_cfg = str(CONFIG_DIR / "toy" / "model.yaml")
-    fit = cli(
+    fit = genunc(
         "fit", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit.yaml"),
         "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",
         "--data.dataset.init_args.num_points", "2000", cwd=tmp_path,
@@ -152,12 +144,12 @@ def test_cli_fit_then_fit_laplace(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert (tmp_path / "runs/toy/denoiser.ckpt").is_file()
 
-    printed = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+    printed = genunc("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
                   "--print_config", cwd=tmp_path)  # fmt: skip
     assert printed.returncode == 0, printed.stderr[-3000:]
     assert "laplace:" in printed.stdout and "prior_precision: auto" in printed.stdout
 
-    res = cli(
+    res = genunc(
         "fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
         "--data.subset", "0.25", "--data.dataset.init_args.num_points", "2000", cwd=tmp_path,
     )  # fmt: skip
@@ -169,7 +161,7 @@ def test_cli_fit_then_fit_laplace(tmp_path):
     post.check_compatible(adapter.denoiser)
     assert post.info["sigma_mode"] == "auto" and post.num_examples == 500
 
-    paper = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+    paper = genunc("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
                 "--data.subset", "100", "--data.dataset.init_args.num_points", "2000", "--laplace.preset", "paper",
                 "--laplace.output", "paper.safetensors", cwd=tmp_path)  # fmt: skip
     assert paper.returncode == 0, paper.stderr[-3000:]
@@ -177,11 +169,11 @@ def test_cli_fit_then_fit_laplace(tmp_path):
     paper_post = DiagonalLaplacePosterior.load(tmp_path / "paper.safetensors")
     assert (paper_post.sigma, paper_post.prior_precision, paper_post.dataset_size) == (1.0, 1.0, 100)
 
-    bad = cli("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
+    bad = genunc("fit_laplace", "--config", model_cfg, "--config", str(CONFIG_DIR / "toy" / "fit_laplace.yaml"),
               "--data.subset", "1.5", cwd=tmp_path)  # fmt: skip
     assert bad.returncode != 0 and "outside (0, 1]" in bad.stderr
 
 
-def test_cli_unknown_subcommand():
-    res = subprocess.run([sys.executable, "-m", "genunc_lightning.cli", "fitt"], capture_output=True, text=True)
+def test_cli_unknown_subcommand(tmp_path, genunc):
+    res = genunc("fitt", cwd=tmp_path)
     assert res.returncode == 2 and "unknown subcommand 'fitt'" in res.stderr

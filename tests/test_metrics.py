@@ -160,10 +160,10 @@ def _ddp_worker(rank, world, path, real, fake):
     dist.destroy_process_group()
 
 
-def test_each_metric_gives_the_same_value_from_two_ddp_processes(tmp_path):
+def test_each_metric_gives_the_same_value_from_two_ddp_processes(tmp_path, ddp_start_method):
     real, fake = feature_sets(n_real=201, n_fake=151)
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, path, real, fake), nprocs=2, join=True)
+    mp.start_processes(_ddp_worker, args=(2, path, real, fake), nprocs=2, join=True, start_method=ddp_start_method)
     two = torch.load(path)
     # Under DDP the fake set is gathered rank-major: rank 0's rows, then rank 1's.
     order = torch.cat([torch.arange(151)[0::2], torch.arange(151)[1::2]])

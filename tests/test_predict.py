@@ -5,8 +5,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -202,37 +200,40 @@ main(sys.argv[1:])
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, toy_model):
-    adapter, path = toy_model(tmp_path, hidden=128, steps=200)
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, toy_model, genunc, genunc_process):
+    adapter, path = toy_model(tmp_path, hidden=128, steps=100)
+    num_samples, batch = 240, 16  # 15 shards of about half a second each: time to kill the run halfway
     model_cfg = tmp_path / "model.yaml"
     model_cfg.write_text(
         "model:\n  adapter:\n    class_path: genunc_lightning.adapters.GaussianDiffusionAdapter\n    init_args:\n"
         "      denoiser:\n        class_path: genunc_lightning.models.MLPDenoiser\n"
         "        init_args: {hidden: 128, depth: 2}\n"
-        "      last_layer: out\n      sample_shape: [2]\n      sampler: ddpm\n      steps: 200\n"
+        "      last_layer: out\n      sample_shape: [2]\n      sampler: ddpm\n      steps: 100\n"
         f"  checkpoint: {tmp_path / 'denoiser.pt'}\n  posterior: {path}\n  num_members: 5\n"
-        "data:\n  num_samples: 480\n  batch_size: 16\n  seed: 1\n"
+        f"data:\n  num_samples: {num_samples}\n  batch_size: {batch}\n  seed: 1\n"
         "trainer:\n  accelerator: cpu\n  enable_progress_bar: false\n"
     )
 
-    def command(out):
-        return [sys.executable, "-m", "genunc_lightning.cli", "predict", "--config", str(model_cfg),
-                "--writer.output_dir", str(out)]  # fmt: skip
+    def args(out):
+        return ["predict", "--config", str(model_cfg), "--writer.output_dir", str(out)]
 
-    subprocess.run(command(tmp_path / "full"), check=True, capture_output=True, timeout=600)
-    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert genunc(*args(tmp_path / "full"), cwd=tmp_path).returncode == 0
+    # Only the run that is killed needs a process of its own; the uninterrupted run and the rerun go here.
+    proc = genunc_process(*args(tmp_path / "killed"), cwd=tmp_path)
     shards = tmp_path / "killed" / "shards"
     deadline = time.time() + 300
     while time.time() < deadline and (not shards.is_dir() or len(list(shards.glob("shard-*"))) < 4):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     written = len(list(shards.glob("shard-*")))
-    assert 4 <= written < 30, f"kill came too late or too early: {written} of 30 shards"
+    total = num_samples // batch
+    assert 4 <= written < total, f"kill came too late or too early: {written} of {total} shards"
     assert not (tmp_path / "killed" / "scores.csv").exists()
-    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True, timeout=600)
+    rerun = genunc(*args(tmp_path / "killed"), cwd=tmp_path)
+    assert rerun.returncode == 0 and f"{written * batch} samples already written" in rerun.stderr, rerun.stderr[-3000:]
     full, resumed = read_scores(tmp_path / "full"), read_scores(tmp_path / "killed")
-    assert torch.equal(resumed["index"], torch.arange(480))
+    assert torch.equal(resumed["index"], torch.arange(num_samples))
     for key in full:
         assert torch.equal(resumed[key], full[key]), key
 

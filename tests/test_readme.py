@@ -19,6 +19,7 @@ def readme_block(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
+@pytest.mark.slow
 def test_real_model_walkthrough_runs_as_written(tmp_path, tiny_unet, tiny_clip_config):
     import open_clip
 

@@ -3,8 +3,6 @@
 import fcntl
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -255,15 +253,12 @@ def test_an_unconditional_model_records_no_classes(tmp_path, toy_model):
 # Known errors through the CLI: one line, non-zero exit, no traceback. -------------------------------
 
 
-def test_cli_reports_known_errors_in_one_line(tmp_path):
+def test_cli_reports_known_errors_in_one_line(tmp_path, genunc):
     from genunc_lightning.cli import CONFIG_DIR
 
-    res = subprocess.run(
-        [sys.executable, "-m", "genunc_lightning.cli", "predict", "--config", str(CONFIG_DIR / "toy" / "model.yaml"),
-         "--config", str(CONFIG_DIR / "toy" / "predict.yaml"), "--model.checkpoint", "null",
-         "--model.posterior", str(tmp_path / "missing.safetensors")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+    toy = CONFIG_DIR / "toy"
+    res = genunc("predict", "--config", toy / "model.yaml", "--config", toy / "predict.yaml", "--model.checkpoint",
+                 "null", "--model.posterior", tmp_path / "missing.safetensors", cwd=tmp_path)  # fmt: skip
     assert res.returncode == 1
     assert "Traceback" not in res.stderr, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
@@ -295,30 +290,23 @@ def _model_yaml(tmp_path, posterior):
     return path
 
 
-def _launch(config, out, extra=(), env=None):
-    command = [sys.executable, "-m", "genunc_lightning.cli", "predict", "--config", str(config),
-               "--writer.output_dir", str(out), *extra]  # fmt: skip
-    return subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def _two_nodes(config, outputs):
+def _two_nodes(genunc_process, config, outputs, cwd):
     port = str(_free_port())
     multi = ["--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1"]
-    procs = [
-        _launch(config, out, multi, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank)})
+    nodes = [
+        genunc_process("predict", "--config", config, "--writer.output_dir", out, *multi, cwd=cwd,
+                       env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank)})
         for rank, out in enumerate(outputs)
-    ]
-    return [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    ]  # fmt: skip
+    return [(node.wait(timeout=300), node.stderr) for node in nodes]
 
 
-@pytest.mark.slow
-def test_two_nodes_on_one_machine_equal_one_process(tmp_path, toy_model):
+def test_two_nodes_on_one_machine_equal_one_process(tmp_path, toy_model, genunc, genunc_process):
     _, posterior = toy_model(tmp_path)
     config = _model_yaml(tmp_path, posterior)
-    single = _launch(config, tmp_path / "single")
-    assert single.wait(timeout=300) == 0, single.communicate()[1][-3000:]
-    results = _two_nodes(config, [tmp_path / "shared", tmp_path / "shared"])
+    single = genunc("predict", "--config", config, "--writer.output_dir", tmp_path / "single", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    results = _two_nodes(genunc_process, config, [tmp_path / "shared", tmp_path / "shared"], tmp_path)
     for code, err in results:
         assert code == 0, err[-3000:]
     one, two = read_scores(tmp_path / "single"), read_scores(tmp_path / "shared")
@@ -328,11 +316,11 @@ def test_two_nodes_on_one_machine_equal_one_process(tmp_path, toy_model):
     assert manifest(tmp_path / "shared")["world_size"] == 2
 
 
-@pytest.mark.slow
-def test_a_node_whose_shards_are_not_shared_is_named(tmp_path, toy_model):
+def test_a_node_whose_shards_are_not_shared_is_named(tmp_path, toy_model, genunc_process):
     _, posterior = toy_model(tmp_path)
     config = _model_yaml(tmp_path, posterior)
-    (code0, err0), (code1, _) = _two_nodes(config, [tmp_path / "node0-disk", tmp_path / "node1-disk"])
+    outputs = [tmp_path / "node0-disk", tmp_path / "node1-disk"]
+    (code0, err0), (code1, _) = _two_nodes(genunc_process, config, outputs, tmp_path)
     assert code0 == 1 and code1 == 1
     last = err0.strip().splitlines()[-1]
     assert "Shards written by node 1 (global rank 1) are not visible" in last, err0[-3000:]
