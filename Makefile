@@ -6,9 +6,9 @@ export HF_HUB_OFFLINE = 1
 
 .PHONY: install demo test test-fast lint format bench assets experiments
 
+# One resolver run for torch and the package (each pip run costs seconds even when all is installed).
 install:
-	$(PIP_INSTALL) torch==2.14.1 torchvision==0.29.1
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) torch==2.14.1 torchvision==0.29.1 -e ".[dev]"
 
 demo: install
 	$(PYTHON) -m genunc_lightning.cli demo
@@ -22,7 +22,8 @@ test: install
 	$(PYTHON) -m ruff check genunc_lightning tests benchmarks
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
-# Everything but the tests marked slow (the demo's claims, kill -9 and resume, subprocess CLI runs, compiles).
+# Everything but the tests marked slow (10 s or more each: the demo's claims, the notebook, kill -9 and resume,
+# the console script in a new interpreter, the README walkthrough, compiles).
 test-fast: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow"
 
