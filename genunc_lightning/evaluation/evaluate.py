@@ -1,0 +1,402 @@
+"""``Evaluation``: a predict run and a reference set through selection, measurement and report.
+
+Reads what `genunc predict` wrote (scores table, shards with the decoded samples), computes
+features of the samples and of a reference set, adds the realism and rarity scores, and for every
+score column, every rank-sum combination and R random subsets keeps K samples. It computes the
+Fréchet distance, precision and recall of each kept set against the reference set and writes
+``evaluation.json``, ``evaluation.md`` and plots into the output directory.
+
+Given a classifier, a class-conditional run also gets each kept set's off-class rate (the share of
+samples the classifier puts in another class than the one asked for: the failures a person would
+reject at a glance), each score's AUROC for telling those samples from the rest, and an oracle row:
+random kept sets that drop every off-class sample first, i.e. what a perfect detector of those
+failures would give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from genunc_lightning.data.batches import unpack_batch
+from genunc_lightning.data.datamodule import fraction_or_count
+from genunc_lightning.data.predict import missing_indices
+from genunc_lightning.evaluation.gate import judged_space, noise_floor, verdicts
+from genunc_lightning.evaluation.measurement import (
+    ReferenceMeasure,
+    auroc,
+    mean_and_std,
+    network_outputs,
+    spearman,
+)
+from genunc_lightning.evaluation.report import auroc_rows, markdown_table, result_rows, write_evaluation
+from genunc_lightning.evaluation.selection import (
+    HIGHER_IS_BETTER,
+    ORACLE,
+    Method,
+    class_balanced_keep,
+    combined_ranks,
+    keep_best,
+    oracle_kept_sets,
+    ordinal_ranks,
+    random_kept_sets,
+)
+from genunc_lightning.fingerprints import manifest_entry_of
+from genunc_lightning.io import atomic_path
+from genunc_lightning.metrics import functional as MF
+from genunc_lightning.uncertainty.writer import (
+    EVALUATION_COLUMNS,
+    SCORES,
+    TABLE_COLUMNS,
+    RunDirectoryError,
+    read_manifest,
+    read_scores,
+    read_shards,
+)
+
+MIN_NULL_SETS = 19
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run on these inputs."""
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A finished predict run: (the scores table, the decoded samples in table order); checks nothing is missing."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = read_manifest(run_dir)
+    except RunDirectoryError as err:
+        raise EvaluationError(str(err)) from err
+    if not (run_dir / SCORES).is_file():
+        raise EvaluationError(
+            f"{run_dir} has no {SCORES}: the run did not finish. Re-run the same `genunc predict` command; "
+            "it generates only what is missing and writes the table."
+        )
+    table = read_scores(run_dir)
+    expected = manifest.get("num_samples")
+    if expected is not None:
+        missing = missing_indices(table["index"], expected)
+        if missing:
+            raise EvaluationError(
+                f"{run_dir} is missing {len(missing)} of {expected} indices (first: {missing[:10]}): "
+                "re-run the same `genunc predict` command to finish it."
+            )
+    shards = read_shards(run_dir, columns=["index", "sample"])
+    if not shards:
+        raise EvaluationError(
+            f"{run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
+            "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
+        )
+    if "sample" not in shards:
+        raise EvaluationError(f"{run_dir} was written with save_samples=false: there are no samples.")
+    position = {int(i): p for p, i in enumerate(shards["index"].tolist())}
+    absent = [int(i) for i in table["index"].tolist() if int(i) not in position]
+    if absent:
+        raise EvaluationError(
+            f"The shards of {run_dir} lack {len(absent)} samples of {SCORES} (first: {absent[:10]}): a shard "
+            "was deleted or moved. Re-run the same `genunc predict` command to regenerate them."
+        )
+    order = torch.tensor([position[int(i)] for i in table["index"].tolist()])
+    return table, shards["sample"][order]
+
+
+# --- the evaluation -------------------------------------------------------------------------
+
+
+class Evaluation:
+    """One evaluation of a predict run directory.
+
+    Args:
+        run_dir: the predict run directory.
+        reference: the real data (items as in training: a tensor, ``(x, y)`` or a dict).
+        feature_extractor: maps samples to features (e.g. ``InceptionEncoder`` for FID on images);
+            ``None`` uses the samples themselves (the 2D toy).
+        reference_range: the reference data's range, mapped to [0, 1] like the model's ``decode``
+            (``[-1, 1]`` for pixel diffusion data); ``None`` leaves it as it is.
+        keep: K, as a count, or as a fraction of the samples (a float in (0, 1]).
+        scores: score columns to evaluate (all in the table when ``None``).
+        combinations: lists of columns combined by summing their ranks, e.g. [[semantic, realism]];
+            combinations naming an absent column are skipped.
+        class_balanced: also keep the K best within each class, in proportion.
+        random_subsets: R random kept sets (mean ± std).
+        k: neighbourhood size of precision, recall, realism and rarity.
+        fractions: kept fractions for the metric-against-fraction plot.
+        output_dir: where to write (default ``<run_dir>/evaluation``).
+        cache_dir: reference-feature cache, keyed by extractor and data fingerprint (``None``: off).
+        batch_size: feature-extraction batch.
+        device: feature-extraction device.
+        seed: seed of the random subsets.
+        classifier: maps samples (like ``feature_extractor``) to class logits, for the off-class
+            rate of class-conditional runs; it should not be the network that scores.
+        kid_subsets: also KID (torchmetrics' polynomial kernel), averaged over this many reference
+            subsets of size K drawn once (0: no KID).
+        heldout: real data disjoint from the reference (and from what the model, the scorer and the
+            feature extractor trained on), at least K + the reference's size. Turns on the noise-floor
+            gate of ``evaluation.gate``: the real-vs-real floor at these sizes, whether the random kept
+            sets are far enough above it for a claim to be tested, and each score's verdict.
+        floor_draws: the floor's real-vs-real draws.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        reference: Dataset,
+        feature_extractor: nn.Module | None = None,
+        reference_range: tuple[float, float] | None = None,
+        keep: int | float = 0.8333333333333334,
+        scores: list[str] | None = None,
+        combinations: list[list[str]] | None = None,
+        class_balanced: bool = False,
+        random_subsets: int = 5,
+        k: int = 3,
+        fractions: list[float] | None = None,
+        output_dir: str | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
+        seed: int = 0,
+        classifier: nn.Module | None = None,
+        kid_subsets: int = 0,
+        heldout: Dataset | None = None,
+        floor_draws: int = 200,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.reference = reference
+        self.feature_extractor = feature_extractor
+        self.reference_range = reference_range
+        self.keep = keep
+        self.scores = scores
+        self.combinations = combinations if combinations is not None else [["semantic", "realism"]]
+        self.class_balanced = class_balanced
+        self.random_subsets = random_subsets
+        self.k = k
+        self.fractions = fractions or [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+        self.output_dir = Path(output_dir) if output_dir else self.run_dir / "evaluation"
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.seed = seed
+        self.classifier = classifier
+        self.kid_subsets = kid_subsets
+        self.heldout = heldout
+        self.floor_draws = floor_draws
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def load_run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the scores table, the decoded samples in table order); checks nothing is missing."""
+        return load_run(self.run_dir)
+
+    @torch.no_grad()
+    def features(self, samples: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
+        """Outputs [N, D] of ``network`` (default: the feature extractor) on samples, in batches."""
+        network = network if network is not None else self.feature_extractor
+        if network is None:
+            return samples.flatten(1).float()
+        return network_outputs(network, samples, self.batch_size, self.device)
+
+    def off_class(self, samples: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+        """Which samples the classifier puts in another class than asked (``None`` without a classifier)."""
+        if self.classifier is None:
+            return None
+        if (classes < 0).any():
+            raise EvaluationError(
+                f"classifier= needs the class each sample was asked for, but {int((classes < 0).sum())} samples "
+                "of this run are unconditional: drop classifier= or evaluate a class-conditional run."
+            )
+        return self.features(samples, self.classifier).argmax(1) != classes
+
+    def reference_samples(self, data: Dataset | None = None) -> torch.Tensor:
+        """The reference data (or ``data``) as one tensor, mapped like the model's ``decode``."""
+        data = self.reference if data is None else data
+        items = [unpack_batch(data[i])[0] for i in range(len(data))]
+        x = torch.stack([torch.as_tensor(v) for v in items]).float()
+        if self.reference_range is not None:
+            low, high = self.reference_range
+            x = ((x - low) / (high - low)).clamp(0, 1)
+        return x
+
+    def reference_features(self) -> torch.Tensor:
+        """Reference features, from the cache when the extractor and data match."""
+        data = self.reference_samples()
+        if self.cache_dir is None:
+            return self.features(data)
+        key = hashlib.sha256(
+            json.dumps(manifest_entry_of(self.feature_extractor), sort_keys=True, default=str).encode()
+        )
+        key.update(data.contiguous().numpy().tobytes())
+        path = self.cache_dir / f"reference-{key.hexdigest()[:24]}.safetensors"
+        from safetensors.torch import load_file, save_file
+
+        if path.is_file():
+            return load_file(str(path))["features"]
+        feats = self.features(data)
+        with atomic_path(path) as tmp:
+            save_file({"features": feats.contiguous()}, str(tmp))
+        return feats
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def _kept_count(self, n: int) -> int:
+        try:
+            k = fraction_or_count(self.keep, n, "keep")
+        except ValueError as err:
+            raise EvaluationError(str(err)) from err
+        if k > n:
+            raise EvaluationError(f"keep K = {k} exceeds the {n} samples of the run: lower keep or generate more.")
+        if k < 1:
+            raise EvaluationError(f"keep K = {k}: the kept set would be empty.")
+        if k < self.k + 1:
+            raise EvaluationError(
+                f"keep K = {k} is too small for precision/recall with k = {self.k} (need {self.k + 1})."
+            )
+        return k
+
+    def methods(self, columns: dict[str, torch.Tensor]) -> list[Method]:
+        """The methods compared: every score column asked for, then every combination whose columns exist."""
+        names = self.scores or [c for c in columns if c not in TABLE_COLUMNS]
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise EvaluationError(f"Score columns {missing} are not in the run; it has {sorted(columns)}.")
+        methods = [Method((n,)) for n in names]
+        return methods + [Method(tuple(c)) for c in self.combinations if all(x in columns for x in c)]
+
+    def check_gate_inputs(self, reference_size: int, kept: int) -> None:
+        """Fails before any work when ``heldout=`` cannot give verdicts (too few null sets or held-out items)."""
+        if self.heldout is None:
+            return
+        if self.random_subsets < MIN_NULL_SETS:
+            raise EvaluationError(
+                f"heldout= gives verdicts, whose p-values need at least {MIN_NULL_SETS} random kept sets (p ≤ 0.05 "
+                f"needs 1/(1 + R) ≤ 0.05); random_subsets is {self.random_subsets}. Raise it (200 is a good default)."
+            )
+        if reference_size + kept > len(self.heldout):
+            raise EvaluationError(
+                f"The floor needs {reference_size} + {kept} held-out items for disjoint reference and real sets, "
+                f"but heldout= has {len(self.heldout)}: hold out more data or lower keep or the reference size."
+            )
+
+    def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
+        """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
+        heldout = self.features(self.reference_samples(self.heldout))
+        floor = noise_floor(heldout, len(real), kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
+        space = judged_space(floor, randoms, methods)
+        floor_sizes = {"reference_size": len(real), "kept_size": kept, "split": "heldout"}
+        return {"floor": {**floor, **floor_sizes}, "null": space["null"], "gate": space["gate"],
+                "verdicts": verdicts({"features": space})}  # fmt: skip
+
+    def run(self) -> dict[str, Any]:
+        """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
+        table, samples = self.load_run()
+        clash = [c for c in EVALUATION_COLUMNS if c in table]
+        if clash:
+            raise EvaluationError(
+                f"{self.run_dir} has score columns named {clash}, which evaluate computes itself: re-run predict with "
+                "other likelihood names."
+            )
+        n = len(table["index"])
+        kept = self._kept_count(n)
+        fake = self.features(samples)
+        MF.check_features("features of the run's samples", fake)
+        real = self.reference_features()
+        MF.check_pair(real, fake, self.k)
+        self.check_gate_inputs(len(real), kept)
+        if fake.shape[1] > kept / 2:
+            warnings.warn(
+                f"The feature dimension ({fake.shape[1]}) is not well below the kept set's size (K = {kept}): the "
+                f"kept set's feature covariance has rank at most {kept - 1}, so FID is dominated by estimation noise. "
+                "Keep more samples, or use a feature extractor with fewer dimensions (D < K/2).",
+                stacklevel=2,
+            )
+        classes = table["class"]
+        off = self.off_class(samples, classes)
+        failures = {"off_class": off} if off is not None else None
+        # the reference side computed once
+        measure = ReferenceMeasure(real, fake, self.k, failures, self.kid_subsets, kept, self.seed)
+        columns = dict(table)
+        radii = measure.prc.real_radii()
+        columns["realism"] = MF.realism_score(real, fake, self.k, real_radii=radii)
+        columns["rarity"] = MF.rarity_score(real, fake, self.k, real_radii=radii)
+        methods = self.methods(columns)
+        if self.class_balanced and (classes >= 0).any():
+            methods = [v for m in methods for v in (m, Method(m.columns, class_balanced=True))]
+
+        results: dict[str, Any] = {"all samples": {**measure(torch.arange(n)), "kept": n}}
+        for method in methods:
+            results[method.label] = {**measure(method.keep(columns, classes, kept)), "kept": kept}
+        g = torch.Generator().manual_seed(self.seed)
+        randoms = [measure(idx) for idx in random_kept_sets(n, kept, self.random_subsets, g)]
+        if randoms:
+            results["random"] = {**mean_and_std(randoms), "kept": kept}
+        if off is not None and self.random_subsets:
+            oracles = [measure(idx) for idx in oracle_kept_sets(off, kept, self.random_subsets, g)]
+            results[ORACLE] = {**mean_and_std(oracles), "kept": kept}
+        everything = {m: v for m, v in results["all samples"].items() if m != "kept"}
+
+        def sweep_point(method: Method, fraction: float) -> dict[str, float]:
+            count = max(self.k + 1, round(fraction * n))
+            # Keeping every sample is the same set for every method: measured once, above.
+            return {
+                "fraction": fraction,
+                **(everything if count >= n else measure(method.keep(columns, classes, count))),
+            }
+
+        ranked = [m for m in methods if not m.class_balanced]
+        sweep = {m.label: [sweep_point(m, f) for f in self.fractions] for m in ranked}
+        singles = [m.columns[0] for m in ranked if not m.is_combination]
+        correlations = {a: {b: spearman(columns[a], columns[b]) for b in singles} for a in singles}
+        class_means = {}
+        if (classes >= 0).any():
+            for name in singles:
+                finite = torch.isfinite(columns[name])
+                class_means[name] = {
+                    int(c): columns[name][(classes == c) & finite].mean().item() for c in classes.unique().tolist()
+                }
+        report = {
+            "run_dir": str(self.run_dir),
+            "samples": n,
+            "kept": kept,
+            "reference": len(real),
+            "k": self.k,
+            "results": results,
+            "sweep": sweep,
+            "spearman": correlations,
+            "class_means": class_means,
+        }
+        if off is not None:
+            # Higher uncertainty (or rarity) should flag the off-class samples; realism the other way.
+            report["off_class_auroc"] = {
+                name: auroc(-columns[name] if name in HIGHER_IS_BETTER else columns[name], off) for name in singles
+            }
+        if self.heldout is not None:
+            report.update(self.gate(real, kept, randoms, {m.label: results[m.label] for m in methods}))
+        rankings = {name: Method((name,)).ranking(columns) for name in singles}
+        write_evaluation(report, self.output_dir, samples, rankings)
+        return report
+
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "ORACLE",
+    "Evaluation",
+    "EvaluationError",
+    "Method",
+    "auroc_rows",
+    "class_balanced_keep",
+    "combined_ranks",
+    "keep_best",
+    "load_run",
+    "markdown_table",
+    "mean_and_std",
+    "ordinal_ranks",
+    "result_rows",
+    "spearman",
+]
