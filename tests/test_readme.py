@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -21,6 +19,7 @@ def readme_block(heading: str) -> str:
 
 @pytest.mark.slow
 def test_real_model_walkthrough_runs_as_written(tmp_path, tiny_unet, tiny_clip_config):
+    diffusers = pytest.importorskip("diffusers")
     import open_clip
 
     from genunc_lightning.data import DigitsDataset
@@ -55,3 +54,27 @@ def test_real_model_walkthrough_runs_as_written(tmp_path, tiny_unet, tiny_clip_c
     table = read_scores(tmp_path / "church" / "run")
     assert sorted(table["index"].tolist()) == list(range(24)) and torch.isfinite(table["semantic"]).all()
     assert namespace["fisher"].posterior.summary()["examples"] == 18  # 1% of the 1,797 digits
+
+
+def test_layout_section_names_every_part_of_the_tree():
+    """Every entry of the Layout block exists, and every folder and module of the package is named in it."""
+    block = re.search(r"## Layout\n\n```\n(.*?)```", README.read_text(), re.S).group(1)
+    root, named, folders = README.parent, set(), []
+    for line in block.splitlines():
+        depth = (len(line) - len(line.lstrip())) // 2
+        if depth > len(folders):
+            continue  # a description's second line
+        folders = folders[:depth]
+        entries = re.match(r"\s*([\w.]+/?(?:, [\w.]+/?)*)(?:\s|$)", line).group(1)
+        for name in entries.split(", "):
+            path = Path(*folders, name.rstrip("/"))
+            assert (root / path).exists(), f"the README's Layout names {path}, which is not in the tree"
+            named.add(path.as_posix())
+        if entries.endswith("/"):
+            folders.append(entries.rstrip("/"))
+    package = root / "genunc_lightning"
+    parts = {
+        p.relative_to(root).as_posix() for p in package.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()
+    }
+    assert parts - {"genunc_lightning/__init__.py"} <= named, "parts of the package the Layout does not name"
+    assert {"genunc_lightning/adapters/base.py", "tests"} <= named  # the parser reads nested and top-level entries
