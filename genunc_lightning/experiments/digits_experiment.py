@@ -125,16 +125,18 @@ class HeldOutEvaluation:
             "classifier": evaluator if evaluator is not None else DigitsFeatureEncoder("mlp"),
             "pixel-pca": PixelPCA(train, self.sizes.pca_components),
         }
-        self.reference = {name: _apply(net, reference[: self.sizes.reference]) for name, net in self.spaces.items()}
         s = self.sizes
+        heldout_features = {name: _apply(net, heldout) for name, net in self.spaces.items()}
+        # the reference split leads the held-out images
+        self.reference = {name: features[: s.reference] for name, features in heldout_features.items()}
         self.floor = {
             name: {
-                **noise_floor(_apply(net, heldout), s.reference, s.keep, s.floor_draws, s.k, s.kid_subsets, seed),
+                **noise_floor(features, s.reference, s.keep, s.floor_draws, s.k, s.kid_subsets, seed),
                 "reference_size": s.reference,
                 "kept_size": s.keep,
                 "split": "heldout (reference + calibration)",
             }
-            for name, net in self.spaces.items()
+            for name, features in heldout_features.items()
         }
         self.accuracy = {
             "scorer": (_apply(scorer_classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),
@@ -146,6 +148,7 @@ class HeldOutEvaluation:
             self._distance_to_reference(self.spaces["pixel-pca"](calibration)), s.off_manifold_quantile
         ).item()
         self.train_scorer_features = _apply(self.scorer, train)
+        self.train_scorer_radii = MF.knn_radii(self.train_scorer_features, s.k)
 
     def _distance_to_reference(self, pca_features: torch.Tensor) -> torch.Tensor:
         d = torch.cdist(pca_features.double(), self.reference["pixel-pca"].double())
@@ -158,8 +161,7 @@ class HeldOutEvaluation:
 
     def realism_columns(self, samples: torch.Tensor) -> dict[str, torch.Tensor]:
         """Realism and rarity in the scorer's features, against the training split (not the evaluation reference)."""
-        fake, real = _apply(self.scorer, samples), self.train_scorer_features
-        radii = MF.knn_radii(real, self.sizes.k)
+        fake, real, radii = _apply(self.scorer, samples), self.train_scorer_features, self.train_scorer_radii
         return {
             "realism": MF.realism_score(real, fake, self.sizes.k, real_radii=radii),
             "rarity": MF.rarity_score(real, fake, self.sizes.k, real_radii=radii),
