@@ -277,10 +277,25 @@ def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
     # the verdicts are the gate's on the numbers on disk
     space = {"floor": on_disk["floor"], "null": on_disk["null"], "methods": {m: on_disk["results"][m] for m in methods}}
     assert verdicts({"features": space}) == report["verdicts"]
-    # inputs that cannot give verdicts are refused before any work, and nothing is written
+    # inputs that cannot give verdicts are refused before any work (no feature is extracted), and nothing is written
+    extractor = CountingIdentity()
     with pytest.raises(EvaluationError, match="random kept sets"):
-        evaluation(run_dir, output_dir=str(tmp_path / "ev2"), heldout=GaussianGrid2D(num_points=400, seed=9)).run()
+        evaluation(run_dir, output_dir=str(tmp_path / "ev2"), feature_extractor=extractor,
+                   heldout=GaussianGrid2D(num_points=400, seed=9)).run()  # fmt: skip
     with pytest.raises(EvaluationError, match="hold out more data"):
-        evaluation(run_dir, output_dir=str(tmp_path / "ev3"), random_subsets=20,
+        evaluation(run_dir, output_dir=str(tmp_path / "ev3"), random_subsets=20, feature_extractor=extractor,
                    heldout=GaussianGrid2D(num_points=200, seed=9)).run()  # fmt: skip
+    assert extractor.calls == 0
     assert not (tmp_path / "ev2").exists() and not (tmp_path / "ev3").exists()
+
+
+class CountingIdentity(torch.nn.Module):
+    """The identity as a feature extractor, counting its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x.flatten(1)

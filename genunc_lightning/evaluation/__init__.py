@@ -9,7 +9,7 @@ Three parts and the evaluation that runs them:
 - ``evaluate``: ``Evaluation``, which loads a run and a reference set and runs the parts.
 """
 
-from genunc_lightning.evaluation.evaluate import MIN_NULL_SETS, Evaluation, EvaluationError, load_run
+from genunc_lightning.evaluation.evaluate import Evaluation, EvaluationError, load_run
 from genunc_lightning.evaluation.measurement import auroc, spearman
 from genunc_lightning.evaluation.report import markdown_table, result_rows
 from genunc_lightning.evaluation.selection import (
@@ -22,7 +22,6 @@ from genunc_lightning.evaluation.selection import (
 
 __all__ = [
     "HIGHER_IS_BETTER",
-    "MIN_NULL_SETS",
     "Evaluation",
     "EvaluationError",
     "Method",

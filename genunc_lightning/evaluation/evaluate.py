@@ -28,7 +28,14 @@ from torch.utils.data import Dataset
 from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
 from genunc_lightning.data.predict import missing_indices
-from genunc_lightning.evaluation.gate import judged_space, noise_floor, verdicts
+from genunc_lightning.evaluation.gate import (
+    MIN_NULL_SETS,
+    SIGNIFICANCE,
+    check_floor_sizes,
+    judged_space,
+    noise_floor,
+    verdicts,
+)
 from genunc_lightning.evaluation.measurement import (
     ReferenceMeasure,
     auroc,
@@ -36,16 +43,12 @@ from genunc_lightning.evaluation.measurement import (
     network_outputs,
     spearman,
 )
-from genunc_lightning.evaluation.report import auroc_rows, markdown_table, result_rows, write_evaluation
+from genunc_lightning.evaluation.report import write_evaluation
 from genunc_lightning.evaluation.selection import (
     HIGHER_IS_BETTER,
     ORACLE,
     Method,
-    class_balanced_keep,
-    combined_ranks,
-    keep_best,
     oracle_kept_sets,
-    ordinal_ranks,
     random_kept_sets,
 )
 from genunc_lightning.fingerprints import manifest_entry_of
@@ -60,8 +63,6 @@ from genunc_lightning.uncertainty.writer import (
     read_scores,
     read_shards,
 )
-
-MIN_NULL_SETS = 19
 
 
 class EvaluationError(ValueError):
@@ -269,20 +270,20 @@ class Evaluation:
         methods = [Method((n,)) for n in names]
         return methods + [Method(tuple(c)) for c in self.combinations if all(x in columns for x in c)]
 
-    def check_gate_inputs(self, reference_size: int, kept: int) -> None:
+    def check_gate_inputs(self, kept: int) -> None:
         """Fails before any work when ``heldout=`` cannot give verdicts (too few null sets or held-out items)."""
         if self.heldout is None:
             return
         if self.random_subsets < MIN_NULL_SETS:
             raise EvaluationError(
-                f"heldout= gives verdicts, whose p-values need at least {MIN_NULL_SETS} random kept sets (p ≤ 0.05 "
-                f"needs 1/(1 + R) ≤ 0.05); random_subsets is {self.random_subsets}. Raise it (200 is a good default)."
+                f"heldout= gives verdicts, whose p-values need at least {MIN_NULL_SETS} random kept sets (p ≤ "
+                f"{SIGNIFICANCE} needs 1/(1 + R) ≤ {SIGNIFICANCE}); random_subsets is {self.random_subsets}. Raise it "
+                "(200 is a good default)."
             )
-        if reference_size + kept > len(self.heldout):
-            raise EvaluationError(
-                f"The floor needs {reference_size} + {kept} held-out items for disjoint reference and real sets, "
-                f"but heldout= has {len(self.heldout)}: hold out more data or lower keep or the reference size."
-            )
+        try:
+            check_floor_sizes(len(self.heldout), len(self.reference), kept)
+        except ValueError as err:
+            raise EvaluationError(f"heldout= is too small. {err}") from err
 
     def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
         """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
@@ -304,11 +305,11 @@ class Evaluation:
             )
         n = len(table["index"])
         kept = self._kept_count(n)
+        self.check_gate_inputs(kept)
         fake = self.features(samples)
         MF.check_features("features of the run's samples", fake)
         real = self.reference_features()
         MF.check_pair(real, fake, self.k)
-        self.check_gate_inputs(len(real), kept)
         if fake.shape[1] > kept / 2:
             warnings.warn(
                 f"The feature dimension ({fake.shape[1]}) is not well below the kept set's size (K = {kept}): the "
@@ -381,22 +382,3 @@ class Evaluation:
         rankings = {name: Method((name,)).ranking(columns) for name in singles}
         write_evaluation(report, self.output_dir, samples, rankings)
         return report
-
-
-__all__ = [
-    "HIGHER_IS_BETTER",
-    "ORACLE",
-    "Evaluation",
-    "EvaluationError",
-    "Method",
-    "auroc_rows",
-    "class_balanced_keep",
-    "combined_ranks",
-    "keep_best",
-    "load_run",
-    "markdown_table",
-    "mean_and_std",
-    "ordinal_ranks",
-    "result_rows",
-    "spearman",
-]

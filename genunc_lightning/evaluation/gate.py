@@ -29,7 +29,18 @@ from genunc_lightning.evaluation.measurement import ReferenceMeasure, mean_and_s
 GATED_METRICS = {"fid": 1.0, "kid": 1.0, "precision": -1.0}
 GATE_STDS = 3.0
 SIGNIFICANCE = 0.05
+# The fewest null kept sets whose empirical p-value can reach SIGNIFICANCE: 1 / (1 + R) ≤ SIGNIFICANCE.
+MIN_NULL_SETS = round(1 / SIGNIFICANCE) - 1
 HOLDS, FAILS, UNINFORMATIVE = "holds", "does not hold", "uninformative at this scale"
+
+
+def check_floor_sizes(available: int, reference_size: int, kept_size: int) -> None:
+    """Raises ValueError when ``available`` held-out items cannot give disjoint reference and real sets."""
+    if reference_size + kept_size > available:
+        raise ValueError(
+            f"The floor needs {reference_size} + {kept_size} held-out items for disjoint reference and real sets, "
+            f"but there are {available}: hold out more data or lower the kept or reference size."
+        )
 
 
 def noise_floor(
@@ -51,11 +62,7 @@ def noise_floor(
         Each metric's mean and ``<metric>_std`` over the draws, ``subsets`` (the number of draws), and
         ``values``: every draw's value per metric.
     """
-    if reference_size + kept_size > len(heldout):
-        raise ValueError(
-            f"The floor needs {reference_size} + {kept_size} held-out items for disjoint reference and real sets, "
-            f"but there are {len(heldout)}: hold out more data or lower the kept or reference size."
-        )
+    check_floor_sizes(len(heldout), reference_size, kept_size)
     g = torch.Generator().manual_seed(seed)
     runs = []
     for draw in range(draws):

@@ -56,8 +56,9 @@ class ReferenceMeasure:
         fid = MF.frechet_distance(*MF.feature_statistics(kept), *self.real_statistics)
         out = {"fid": fid.item(), "precision": pr["precision"].item(), "recall": pr["recall"].item()}
         if self.kid_reference:
+            within_kept = MF.kernel_within(kept)  # the same against every reference subset
             pairs = zip(self.kid_reference, self.kid_within_real, strict=True)
-            kid = [MF.kernel_distance(r, kept, within_real=w) for r, w in pairs]
+            kid = [MF.kernel_distance(r, kept, within_real=w, within_fake=within_kept) for r, w in pairs]
             out["kid"] = torch.stack(kid).mean().item()
         for name, mask in self.failures.items():
             out[name] = mask[idx].double().mean().item()

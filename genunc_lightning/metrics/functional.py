@@ -219,16 +219,20 @@ def kernel_distance(
     gamma: float | None = None,
     coef: float = 1.0,
     within_real: torch.Tensor | None = None,
+    within_fake: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KID: the unbiased MMD² of two feature sets under torchmetrics' polynomial kernel, in float64.
 
     ``(x·y·γ + coef)^degree`` with γ = 1/D by default, as in torchmetrics' ``KernelInceptionDistance``.
     The sets may differ in size; for equal sizes this is torchmetrics' ``poly_mmd`` (the value of one
-    of its subsets). ``within_real``: ``kernel_within(real)``, when one reference meets many fake sets.
+    of its subsets). ``within_real`` / ``within_fake``: ``kernel_within`` of either set, when one set
+    meets many others (a reference and many kept sets, a kept set and many reference subsets).
     """
     from torchmetrics.image.kid import poly_kernel
 
     if within_real is None:
         within_real = kernel_within(real, degree, gamma, coef)
+    if within_fake is None:
+        within_fake = kernel_within(fake, degree, gamma, coef)
     cross = poly_kernel(real.double(), fake.double(), degree, gamma, coef).mean()
-    return within_real + kernel_within(fake, degree, gamma, coef) - 2 * cross
+    return within_real + within_fake - 2 * cross
