@@ -81,19 +81,28 @@ def markdown_table(report: dict) -> str:
     if "off_class_auroc" in report:
         lines += ["", *auroc_rows(report["off_class_auroc"])]
     if "gate" in report:
-        lines += ["", *gate_rows(report["gate"]), "", *verdict_rows(report["verdicts"])]
+        lines += ["", *gate_rows({"features": report["gate"]}), "", *verdict_rows(report["verdicts"])]
     return "\n".join(lines) + "\n"
 
 
-def gate_rows(gates: dict[str, dict]) -> list[str]:
-    """A Markdown table of the noise-floor gate: floor, random kept sets, distance, informative."""
-    rows = [
-        "| metric | floor (real vs real) | random kept sets | d (floor stds) | informative |",
-        "|---|---|---|---|---|",
-    ]
-    for metric, g in gates.items():
-        rows.append(f"| {metric} | {g['floor']:.4g} ± {g['floor_std']:.2g} | {g['null']:.4g} ± {g['null_std']:.2g} | "
-                    f"{g['distance']:.1f} | {'yes' if g['informative'] else 'no'} |")  # fmt: skip
+def gate_rows(spaces: dict[str, dict[str, dict]]) -> list[str]:
+    """A Markdown table of the noise-floor gate per feature space and metric: floor, random kept sets, distance.
+
+    A single space named ``features`` (``genunc evaluate``'s one space) gets no space column.
+    """
+    named = list(spaces) != ["features"]
+    head = ["space"] * named + ["metric", "floor (real vs real)", "random kept sets", "d (floor stds)", "informative"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for space, gates in spaces.items():
+        for metric, g in gates.items():
+            cells = [space] * named + [
+                metric,
+                f"{g['floor']:.4g} ± {g['floor_std']:.2g}",
+                f"{g['null']:.4g} ± {g['null_std']:.2g}",
+                f"{g['distance']:.1f}",
+                "yes" if g["informative"] else "no",
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 

@@ -284,7 +284,7 @@ SWEEP_FIGURE = "docs/experiments_gain_vs_floor.png"
 
 
 def _digits_markdown(digits: dict) -> list[str]:
-    from genunc_lightning.evaluation import result_rows
+    from genunc_lightning.evaluation.report import gate_rows, result_rows
 
     p = digits["primary"]
     sz = p["sizes"]
@@ -303,15 +303,8 @@ def _digits_markdown(digits: dict) -> list[str]:
         "",
         "### The gate: the model's random kept sets against the real-vs-real floor",
         "",
-        "| space | metric | floor (real vs real) | random kept sets | d (floor stds) | informative |",
-        "|---|---|---|---|---|---|",
+        *gate_rows({space: sp["gate"] for space, sp in p["spaces"].items()}),
     ]
-    for space, sp in p["spaces"].items():
-        for metric, g in sp["gate"].items():
-            lines.append(
-                f"| {space} | {metric} | {g['floor']:.4g} ± {g['floor_std']:.2g} | {g['null']:.4g} ± "
-                f"{g['null_std']:.2g} | {g['distance']:.1f} | {'yes' if g['informative'] else 'no'} |"
-            )
     for space, sp in p["spaces"].items():
         rows = {"all samples": sp["all samples"], **sp["methods"], "random": sp["null"]}
         lines += ["", f"### Kept sets in {space} features", "", *result_rows(rows)]
@@ -332,7 +325,7 @@ def _digits_markdown(digits: dict) -> list[str]:
         "FID (pixel-pca) | AUROC off-class | AUROC off-manifold |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in {**digits["cost_sweep"]}.items():
+    for name, r in digits["cost_sweep"].items():
         lines.append(f"| {name} | {_summary_cells(r)} |")
     lines += [
         "",

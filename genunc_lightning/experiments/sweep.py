@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from genunc_lightning.evaluation.gate import FAILS, GATED_METRICS, HOLDS, UNINFORMATIVE
+from genunc_lightning.evaluation.gate import FAILS, GATE_STDS, GATED_METRICS, HOLDS, SIGNIFICANCE, UNINFORMATIVE
 from genunc_lightning.experiments.digits_experiment import (
     OURS,
     PAPER,
@@ -33,7 +33,7 @@ from genunc_lightning.experiments.digits_experiment import (
     HeldOutEvaluation,
     run_point,
 )
-from genunc_lightning.io import write_text_atomic
+from genunc_lightning.io import atomic_path, write_text_atomic
 from genunc_lightning.metrics.functional import average_ranks
 
 PRIMARY_SPACE, PRIMARY_METRIC = "classifier", "fid"
@@ -88,12 +88,11 @@ def trends(points: list[dict]) -> dict[str, Any]:
     methods = list(points[0]["spaces"][PRIMARY_SPACE]["methods"])
     for space in points[0]["spaces"]:
         for metric in GATED_METRICS:
+            x = [distance(p, space, metric) for p in points]
+            passes = [p["spaces"][space]["gate"][metric]["informative"] for p in points]
             for method in methods:
-                x = [distance(p, space, metric) for p in points]
                 y = [point_gain(p, method, space, metric) for p in points]
-                informative = [
-                    g for p, g in zip(points, y, strict=True) if p["spaces"][space]["gate"][metric]["informative"]
-                ]
+                informative = [g for g, ok in zip(y, passes, strict=True) if ok]
                 out[f"{method} | {metric} | {space}"] = {"trend": trend_test(x, y), "sign": sign_test(informative)}
     return out
 
@@ -120,9 +119,9 @@ def figure(points: list[dict], path: Path) -> None:
         x = [distance(p, space) for p in points]
         for method, marker in zip(PLOTTED, markers, strict=False):
             ax.scatter(x, [point_gain(p, method, space) for p in points], marker=marker, s=18, alpha=0.8, label=method)
-        ax.axvline(3.0, color="grey", ls="--", lw=0.8)
+        ax.axvline(GATE_STDS, color="grey", ls="--", lw=0.8)
         ax.axhline(0.0, color="black", lw=0.6)
-        ax.set_xlabel("d: random kept sets' FID above the floor (floor stds); gate at 3")
+        ax.set_xlabel(f"d: random kept sets' FID above the floor (floor stds); gate at {GATE_STDS:g}")
         ax.set_ylabel("FID gain over random kept sets (null stds)")
         ax.set_title(f"{space} features, {len(points)} sweep points", fontsize=9)
     axes[0][-1].legend(fontsize=7)
@@ -214,7 +213,7 @@ def run_sweep(
         "rules": "docs/digits_experiment_rules.md",
         "points": points,
         "trends": found,
-        "primary": {**primary, "holds": bool(primary["trend"]["p"] <= 0.05)},
+        "primary": {**primary, "holds": bool(primary["trend"]["p"] <= SIGNIFICANCE)},
         "primary_training_steps": primary_training_steps(points),
         "seconds": time.perf_counter() - start,
     }
@@ -238,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             docs / "experiments_results.md",
             "# The sweep's numbers (written by `make experiments`)\n\n" + markdown(report),
         )
-        shutil.copyfile(out / "gain_vs_floor.png", docs / "experiments_gain_vs_floor.png")
+        with atomic_path(docs / "experiments_gain_vs_floor.png") as tmp:
+            shutil.copyfile(out / "gain_vs_floor.png", tmp)
     print(markdown(report))
     print(f"Sweep in {report['seconds']:.0f} s; report: {out / 'report.md'}")
     return report
