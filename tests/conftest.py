@@ -103,13 +103,13 @@ def _cli_in_this_process(args, cwd, env, stdout, stderr):
 
 
 class GenuncProcess:
-    """``genunc ARGS`` in a process of its own, forked from the fork server: ``pid``, ``wait``, ``stderr``."""
+    """``genunc ARGS`` in a process of its own, forked from the fork server: pid, wait, stdout, stderr."""
 
     def __init__(self, *args, cwd, env=None):
-        self.stdout, self.stderr_path = Path(cwd) / f".genunc-{id(self)}.out", Path(cwd) / f".genunc-{id(self)}.err"
+        self._out, self._err = Path(cwd) / f".genunc-{id(self)}.out", Path(cwd) / f".genunc-{id(self)}.err"
         context = multiprocessing.get_context(DDP_START_METHOD)
         self.process = context.Process(target=_cli_in_this_process, args=([str(a) for a in args], str(cwd),
-                                       env or {}, str(self.stdout), str(self.stderr_path)))  # fmt: skip
+                                       env or {}, str(self._out), str(self._err)))  # fmt: skip
         self.process.start()
         self.pid = self.process.pid
 
@@ -122,8 +122,12 @@ class GenuncProcess:
         return self.process.exitcode
 
     @property
+    def stdout(self):
+        return self._out.read_text()
+
+    @property
     def stderr(self):
-        return self.stderr_path.read_text()
+        return self._err.read_text()
 
 
 @pytest.fixture(scope="session")
