@@ -5,11 +5,14 @@ class or any other object it does not know, and ``weights_only=False`` runs what
 says. ``load_state_dict`` needs neither: it reads the file with an unpickler that builds tensors,
 storages and ordered dicts (what torch's own weights-only loader allows for them) and turns every
 other object into an inert ``Opaque`` placeholder, whose construction runs nothing from the file.
-Only the ``state_dict`` is used, so what the placeholders stood for is never needed.
+Only the ``state_dict`` is used, so what the placeholders stood for is never needed. Both of torch's
+formats go through it: the zip format (torch ≥ 1.6) and the legacy one, whose header pickles torch reads
+with ``pickle_module.load`` rather than ``pickle_module.Unpickler``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections import OrderedDict
@@ -77,10 +80,28 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         return Opaque
 
 
-# torch.load takes a "pickle module": the standard one, with the restricted Unpickler in its place.
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return _TensorsOnlyUnpickler(file, **kwargs).load()
+
+
+def _restricted_loads(data: bytes, /, **kwargs: Any) -> Any:
+    return _TensorsOnlyUnpickler(io.BytesIO(data), **kwargs).load()
+
+
+# torch.load takes a "pickle module". Its zip reader unpickles through ``pickle_module.Unpickler``, but
+# its legacy (non-zip, torch < 1.6) reader reads the magic number, protocol, system info and storage keys
+# with ``pickle_module.load``: so every entry point is restricted here, and nothing else of ``pickle`` is
+# offered (an attribute torch might want and this lacks fails the load, which is refused, never unsafe).
 _TENSORS_ONLY_PICKLE = ModuleType("genunc_lightning.checkpoints.tensors_only_pickle")
-_TENSORS_ONLY_PICKLE.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
-_TENSORS_ONLY_PICKLE.Unpickler = _TensorsOnlyUnpickler
+_TENSORS_ONLY_PICKLE.__dict__.update(
+    Unpickler=_TensorsOnlyUnpickler,
+    load=_restricted_load,
+    loads=_restricted_loads,
+    UnpicklingError=pickle.UnpicklingError,
+    PickleError=pickle.PickleError,
+    HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL,
+    DEFAULT_PROTOCOL=pickle.DEFAULT_PROTOCOL,
+)
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "the model") -> dict[str, torch.Tensor]:
