@@ -18,6 +18,7 @@ from genunc_lightning.laplace import (
     FisherAccumulationCallback,
     LaplaceFitModule,
     PosteriorFileError,
+    PosteriorMismatchError,
     fisher_batch,
 )
 from genunc_lightning.models import MLPDenoiser
@@ -325,3 +326,26 @@ def test_a_node_whose_shards_are_not_shared_is_named(tmp_path, toy_model, genunc
     last = err0.strip().splitlines()[-1]
     assert "Shards written by node 1 (global rank 1) are not visible" in last, err0[-3000:]
     assert "filesystem shared by every node" in last
+
+
+# Round 3 (issue 20). ---------------------------------------------------------------------------------
+
+
+def posterior_on(adapter, layer, tmp_path):
+    """A posterior fitted on ``layer`` of the adapter's denoiser, saved."""
+    fit_adapter = GaussianDiffusionAdapter(adapter.denoiser, layer, (2,), sampler="ddpm", steps=8)
+    fb = fisher_batch(fit_adapter, torch.randn(16, 2), [example_seeds(0, range(16))])
+    post = DiagonalLaplacePosterior.fit(fit_adapter.last_layer_module, layer, fb.diag, 16,
+                                        float(fb.squared_residual_sum), fb.num_residuals)  # fmt: skip
+    return post.save(tmp_path / f"posterior-{layer}.safetensors")
+
+
+@pytest.mark.parametrize("adapter_layer", ["blocks.0.1", "out"], ids=["same shape", "other shape"])
+def test_a_posterior_of_another_layer_is_refused_naming_both(tmp_path, toy_model, adapter_layer):
+    adapter, _ = toy_model(tmp_path)
+    path = posterior_on(adapter, "blocks.1.1", tmp_path)
+    other = GaussianDiffusionAdapter(adapter.denoiser, adapter_layer, (2,), sampler="ddpm", steps=8)
+    with pytest.raises(PosteriorMismatchError, match=rf"fitted on last layer 'blocks.1.1', but the adapter's "
+                                                      rf"last_layer is '{adapter_layer}'"):  # fmt: skip
+        GenerativeUncertaintyModule(other, str(path), num_members=2)
+    GenerativeUncertaintyModule(GaussianDiffusionAdapter(adapter.denoiser, "blocks.1.1", (2,)), str(path))  # the fix

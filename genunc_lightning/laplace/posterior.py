@@ -367,19 +367,28 @@ class DiagonalLaplacePosterior:
 
     # -- model checks ----------------------------------------------------------------------
 
-    def check_compatible(self, model: nn.Module) -> nn.Module:
+    def check_compatible(self, model: nn.Module, last_layer: str | None = None) -> nn.Module:
         """Checks that ``model`` holds the pretrained layer this posterior was fitted on.
 
         Args:
             model: the denoiser (the module in which ``last_layer`` is a dotted name).
+            last_layer: the layer the caller will apply the posterior's weights to (an adapter's
+                ``last_layer``); it must be the posterior's own.
 
         Returns:
             The model's last layer.
 
         Raises:
-            PosteriorMismatchError: the layer is missing, differs in type or shape, or holds other
-                weights than the ones the posterior was fitted around.
+            PosteriorMismatchError: ``last_layer`` is another layer than the posterior's, or the layer
+                is missing, differs in type or shape, or holds other weights than the ones the
+                posterior was fitted around.
         """
+        if last_layer is not None and last_layer != self.last_layer:
+            raise PosteriorMismatchError(
+                f"The posterior was fitted on last layer {self.last_layer!r}, but the adapter's last_layer is "
+                f"{last_layer!r}: set the adapter's last_layer to {self.last_layer!r}, or fit a posterior for "
+                f"{last_layer!r} with `genunc fit_laplace`."
+            )
         try:
             layer = resolve_last_layer(model, self.last_layer)
         except LastLayerError as err:

@@ -129,6 +129,8 @@ class GenerativeUncertaintyModule(LightningModule):
                 raise ValueError("temperature applies to a Laplace posterior, not to a deep ensemble.")
             posterior = posterior.with_scale(temperature=temperature)
         self.posterior = posterior
+        # Before anything else uses the posterior (baselines too): it must be this adapter's layer.
+        layer = None if ensemble else posterior.check_compatible(adapter.denoiser, adapter.last_layer)
         likelihoods = likelihoods if likelihoods is not None else [PixelLikelihood()]
         names = [lik.name for lik in likelihoods]
         if not names:
@@ -151,8 +153,7 @@ class GenerativeUncertaintyModule(LightningModule):
         self.members: LastLayerMembers | None = None
         if not ensemble:
             drawn = posterior.sample(num_members, torch.Generator().manual_seed(posterior_seed))
-            pretrained = posterior.check_compatible(adapter.denoiser).named_parameters(recurse=False)
-            # Row 0 is the pretrained layer itself (the kept sample), rows 1..M the drawn weight sets.
+            pretrained = layer.named_parameters(recurse=False)
             # Set 0 is the pretrained layer itself (the kept sample), sets 1..M the drawn ones: buffers that
             # move with this module, applied through one hook for the whole run (see LastLayerMembers).
             self.members = LastLayerMembers({n: torch.cat([p.detach().cpu()[None], drawn[n]]) for n, p in pretrained})
