@@ -14,12 +14,20 @@ from genunc_lightning.adapters.layers import original_module
 def fingerprint(module: nn.Module, recurse: bool = True) -> str:
     """SHA-256 of a module's type, parameter and buffer names, shapes and float32 values.
 
+    With ``recurse``, also of its structure: every submodule's name, class and ``extra_repr`` (a Tanh in
+    place of a ReLU, or another stride, changes what the network computes with the same weights).
+
     Args:
         module: the network (a ``torch.compile`` wrapper counts as the module it wraps).
-        recurse: include submodules (``False``: the module's own tensors, as for a last layer).
+        recurse: include submodules (``False``: the module's own tensors, as for a last layer; this
+            value is stored in posterior files, so it stays as it was).
     """
     module = original_module(module)
     digest = hashlib.sha256(type(module).__name__.encode())
+    if recurse:
+        for name, sub in module.named_modules():
+            kind = type(original_module(sub))
+            digest.update(f"{name}:{kind.__module__}.{kind.__qualname__}({sub.extra_repr()})".encode())
     tensors = list(module.named_parameters(recurse=recurse)) + list(module.named_buffers(recurse=recurse))
     for name, value in tensors:
         value = value.detach().cpu()

@@ -27,7 +27,7 @@ from torch import nn
 
 from genunc_lightning.adapters.layers import LastLayerError, layer_parameters, resolve_last_layer
 from genunc_lightning.fingerprints import fingerprint
-from genunc_lightning.io import atomic_path
+from genunc_lightning.io import save_safetensors_atomic
 
 FORMAT = "genunc-lightning/diagonal-laplace"
 FORMAT_VERSION = "2"
@@ -167,6 +167,12 @@ class DiagonalLaplacePosterior:
                 raise ValueError(f"Parameter {n!r}: mean {tuple(mean[n].shape)} vs fisher {tuple(fisher[n].shape)}.")
         if num_examples < 1:
             raise ValueError("num_examples must be at least 1.")
+        if dataset_size is not None and dataset_size < num_examples:
+            raise ValueError(
+                f"dataset_size N = {dataset_size} is smaller than the {num_examples} examples the Fisher was summed "
+                "over (n): N is the size of the training set those examples were drawn from, so N ≥ n ≥ 1. Leave "
+                "dataset_size unset to use n, or give the training set's size."
+            )
         scalars = (float(sigma), float(prior_precision), float(temperature))
         if not all(math.isfinite(v) for v in scalars) or sigma <= 0 or prior_precision <= 0 or temperature < 0:
             raise ValueError(
@@ -442,13 +448,9 @@ class DiagonalLaplacePosterior:
 
     def save(self, path: str | Path) -> Path:
         """Writes one safetensors file atomically (mean.*, fisher.* and the metadata)."""
-        from safetensors.torch import save_file
-
-        tensors = {f"mean.{n}": m.contiguous() for n, m in self.mean.items()}
-        tensors.update({f"fisher.{n}": f.contiguous() for n, f in self.fisher.items()})
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=self.metadata())
-        return Path(path)
+        tensors = {f"mean.{n}": m for n, m in self.mean.items()}
+        tensors.update({f"fisher.{n}": f for n, f in self.fisher.items()})
+        return save_safetensors_atomic(tensors, path, "the posterior", self.metadata())
 
     @classmethod
     def load(cls, path: str | Path, upgrade: bool = False) -> DiagonalLaplacePosterior:
