@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from lightning.pytorch import LightningModule
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 7, warmup: int = 2) -> float:
@@ -59,3 +60,39 @@ SIZES = {
         batch=16,
     ),
 }
+
+
+class SyntheticScoredSamples(LightningModule):
+    """A predict run without a model: uniform random samples of ``shape`` and one score, seeded per batch.
+
+    Through the real ``ScoredSampleWriter`` it writes a run directory of any size in the time it takes to
+    draw the numbers (for evaluate's memory test and benchmark).
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def manifest_entry(self) -> dict:
+        return {"class": type(self).__name__, "shape": list(self.shape)}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        index = batch["index"]
+        g = torch.Generator().manual_seed(int(index[0]))
+        return {"index": index, "seed": batch["seed"], "class": batch["class"],
+                "scores": {"synthetic": torch.rand(len(index), generator=g, dtype=torch.float64)},
+                "sample": torch.rand((len(index), *self.shape), generator=g)}  # fmt: skip
+
+
+def write_synthetic_run(out_dir: str | Path, num_samples: int, shape: Sequence[int], batch_size: int = 64) -> Path:
+    """A finished run directory of ``num_samples`` synthetic samples (see ``SyntheticScoredSamples``)."""
+    from lightning.pytorch import Trainer
+
+    from genunc_lightning.data import SeedDataModule
+    from genunc_lightning.uncertainty import ScoredSampleWriter
+
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[ScoredSampleWriter(str(out_dir))])  # fmt: skip
+    trainer.predict(SyntheticScoredSamples(shape), datamodule=SeedDataModule(num_samples, batch_size),
+                    return_predictions=False)  # fmt: skip
+    return Path(out_dir)

@@ -10,6 +10,7 @@ command line on every rank (``genunc ...`` or ``python -m genunc_lightning.cli .
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -148,9 +149,26 @@ Example:
 """
 
 
+class _WithoutLightningTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: … litlogger"), which are not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def _quiet_lightning() -> None:
+    """What every `genunc` run would otherwise print that says nothing about the run."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _WithoutLightningTips) for f in log.filters):
+        log.addFilter(_WithoutLightningTips())
+    # Lightning's own pytree helper uses torch's deprecated LeafSpec; nothing the user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `genunc` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_lightning()
     # As `python -m` does: the user's own modules (class_path: my_repo.MyModel) import from the working directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())

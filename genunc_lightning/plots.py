@@ -53,7 +53,11 @@ def best_and_worst(
 
 
 def extremes(samples: torch.Tensor, values: torch.Tensor, higher_is_better: bool, path: Path, title: str) -> None:
-    """Grids of the (up to 25) best and worst samples by a score (images), or a scatter coloured by it (2D)."""
+    """Grids of the (up to 25) best and worst samples by a score (images), or a scatter coloured by it (2D).
+
+    ``samples`` is a tensor or anything indexed like one by a tensor of positions, with ``shape`` and
+    ``dim`` (a run's ``RunSamples``, which reads only the rows shown).
+    """
     if samples.dim() == 4:
         from torchvision.utils import make_grid
 
@@ -69,7 +73,8 @@ def extremes(samples: torch.Tensor, values: torch.Tensor, higher_is_better: bool
         finite = torch.isfinite(values)
         v = values.double().clone()
         v[~finite] = v[finite].max() if finite.any() else 0.0
-        points = axes[0][0].scatter(samples[:, 0], samples[:, 1], c=v.numpy(), s=2, cmap="viridis")
+        xy = samples[torch.arange(len(values))]  # a run's samples may be read from its shards only now
+        points = axes[0][0].scatter(xy[:, 0], xy[:, 1], c=v.numpy(), s=2, cmap="viridis")
         fig.colorbar(points, ax=axes[0][0])
         axes[0][0].set_title(f"samples coloured by {title}")
     else:

@@ -175,6 +175,14 @@ def _predict(adapter, posterior, out_dir, num_samples=40, batch_size=16, devices
 
 
 @pytest.fixture(scope="session")
+def synthetic_run():
+    """``synthetic_run(out_dir, num_samples, shape, batch_size=64)``: a finished run of random samples, no model."""
+    from benchmarks.common import write_synthetic_run
+
+    return write_synthetic_run
+
+
+@pytest.fixture(scope="session")
 def toy_model():
     """``toy_model(tmp_path, hidden=32, seed=0, steps=8)`` -> (DDPM adapter of a small MLP, posterior path)."""
     return _toy_model

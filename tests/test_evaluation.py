@@ -147,7 +147,7 @@ def test_bad_inputs(run_dir, tmp_path):
         evaluation(run_dir, keep=500).run()
     with pytest.raises(EvaluationError, match="empty"):
         evaluation(run_dir, keep=0).run()
-    with pytest.raises(ValueError, match=r"NaN or inf values \(rows \[3\]\)"):
+    with pytest.raises(ValueError, match=r"NaN or inf values \(rows \[3, 43, 83\]\)"):  # row 3 of each shard
         evaluation(run_dir, feature_extractor=NaNAt3()).run()
     with pytest.raises(ValueError, match="Feature dimensions differ"):
         evaluation(run_dir, reference=torch.utils.data.TensorDataset(torch.randn(50, 3))).run()

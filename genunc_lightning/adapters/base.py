@@ -220,7 +220,17 @@ class DiffusionAdapter(nn.Module):
         x, y = self.unpack(batch)
         x = self.preprocess(x)
         self._check_data_range(x)
-        return self.encode(x), y
+        return self.check_data_shape(self.encode(x)), y
+
+    def check_data_shape(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``, once checked to hold items of ``sample_shape`` (in the model's space); else a ValueError."""
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"The training data has items of shape {list(x.shape[1:])} (a batch of {list(x.shape)}), but the "
+                f"model's sample_shape is {list(self.sample_shape)}: give the model data of its own shape, or set "
+                "sample_shape to the data's."
+            )
+        return x
 
     def _check_data_range(self, x: torch.Tensor) -> None:
         if self.image_range is None or getattr(self, "_data_range_checked", False):

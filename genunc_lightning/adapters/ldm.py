@@ -80,7 +80,7 @@ class LatentDiffusionAdapter(GaussianDiffusionAdapter):
         # A trainable cond stage returns raw conditioning unless forced to encode it (as their forward does).
         kwargs = {"force_c_encode": True} if "force_c_encode" in inspect.signature(get_input).parameters else {}
         z, cond = get_input(batch, self.denoiser.first_stage_key, **kwargs)[:2]
-        return z, cond
+        return self.check_data_shape(z), cond
 
     def predict_conditioned(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """``apply_model`` with already encoded conditioning."""

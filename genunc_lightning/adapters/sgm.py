@@ -73,7 +73,7 @@ class SGMAdapter(DiffusionAdapter):
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
         """(D(x0 + σn, σ) − x0) / c_out(σ): the network output minus its target."""
         engine = self.denoiser
-        x0 = engine.encode_first_stage(engine.get_input(batch))
+        x0 = self.check_data_shape(engine.encode_first_stage(engine.get_input(batch)))
         cond = engine.conditioner(batch)
         gens = seeding.generators(seeds, x0.device)
         sigmas = self.sigmas.to(x0.device)

@@ -93,6 +93,11 @@ class DiffusionDataModule(LightningDataModule):
         self.subset = subset
         self.subset_seed = subset_seed
         self.num_workers = num_workers
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ValueError(
+                f"The dataset ({type(dataset).__name__}) is empty: there is nothing to train on or fit the posterior "
+                "on. Check the data's path or settings."
+            )
         self.subset_indices = subset_indices(len(dataset), subset, subset_seed)  # type: ignore[arg-type]
 
     def train_dataloader(self) -> DataLoader:

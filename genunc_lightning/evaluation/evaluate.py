@@ -18,16 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
-from genunc_lightning.data.predict import missing_indices
 from genunc_lightning.evaluation.gate import (
     MIN_NULL_SETS,
     SIGNIFICANCE,
@@ -51,62 +55,79 @@ from genunc_lightning.evaluation.selection import (
     oracle_kept_sets,
     random_kept_sets,
 )
-from genunc_lightning.fingerprints import manifest_entry_of
-from genunc_lightning.io import atomic_path
+from genunc_lightning.fingerprints import manifest_entry_of, scalar_settings
+from genunc_lightning.io import save_safetensors_atomic
 from genunc_lightning.metrics import functional as MF
-from genunc_lightning.uncertainty.writer import (
-    EVALUATION_COLUMNS,
+from genunc_lightning.uncertainty.run_directory import (
     SCORES,
     TABLE_COLUMNS,
     RunDirectoryError,
+    RunSamples,
+    RunShards,
+    first_missing,
     read_manifest,
     read_scores,
-    read_shards,
+    run_id,
 )
+from genunc_lightning.uncertainty.writer import EVALUATION_COLUMNS
+
+CACHE_FORMAT = "genunc-lightning/reference-features"
+CACHE_PROBE = 4  # reference items recomputed to check a cache file against the extractor
+
+
+def _digest(features: torch.Tensor) -> str:
+    return hashlib.sha256(features.contiguous().numpy().tobytes()).hexdigest()
 
 
 class EvaluationError(ValueError):
     """The evaluation cannot run on these inputs."""
 
 
-def load_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """A finished predict run: (the scores table, the decoded samples in table order); checks nothing is missing."""
+def open_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], RunSamples]:
+    """A finished predict run: (the scores table, its samples in table order, read from the shards on demand).
+
+    Checks, before reading any sample, that the manifest, the table and the shards agree: nothing
+    missing, every table row in a shard of this run.
+    """
     run_dir = Path(run_dir)
     try:
         manifest = read_manifest(run_dir)
-    except RunDirectoryError as err:
-        raise EvaluationError(str(err)) from err
-    if not (run_dir / SCORES).is_file():
-        raise EvaluationError(
-            f"{run_dir} has no {SCORES}: the run did not finish. Re-run the same `genunc predict` command; "
-            "it generates only what is missing and writes the table."
-        )
-    table = read_scores(run_dir)
-    expected = manifest.get("num_samples")
-    if expected is not None:
-        missing = missing_indices(table["index"], expected)
-        if missing:
+        if not (run_dir / SCORES).is_file():
             raise EvaluationError(
-                f"{run_dir} is missing {len(missing)} of {expected} indices (first: {missing[:10]}): "
-                "re-run the same `genunc predict` command to finish it."
+                f"{run_dir} has no {SCORES}: the run did not finish. Re-run the same `genunc predict` command; "
+                "it generates only what is missing and writes the table."
             )
-    shards = read_shards(run_dir, columns=["index", "sample"])
-    if not shards:
+        table = read_scores(run_dir)
+        expected = manifest.get("num_samples")
+        if expected is not None:
+            count, first = first_missing(table["index"], expected)
+            if count:
+                raise EvaluationError(
+                    f"{run_dir} is missing {count} of {expected} indices (first: {first}): re-run the same "
+                    "`genunc predict` command to finish it."
+                )
+        shards = RunShards(run_dir, run_id(manifest["identity"]))
+        if not len(shards):
+            raise EvaluationError(
+                f"{run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
+                "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
+            )
+        samples = RunSamples(shards, table["index"])
+    except RunDirectoryError as err:
+        raise EvaluationError(f"{err} Re-run the same `genunc predict` command to repair the run.") from err
+    absent = table["index"][~torch.isin(table["index"], shards.index())]
+    if absent.numel():
         raise EvaluationError(
-            f"{run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
-            "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
+            f"The shards of {run_dir} lack {absent.numel()} samples of {SCORES} (first: {absent[:10].tolist()}): a "
+            "shard was deleted or moved. Re-run the same `genunc predict` command to regenerate them."
         )
-    if "sample" not in shards:
-        raise EvaluationError(f"{run_dir} was written with save_samples=false: there are no samples.")
-    position = {int(i): p for p, i in enumerate(shards["index"].tolist())}
-    absent = [int(i) for i in table["index"].tolist() if int(i) not in position]
-    if absent:
-        raise EvaluationError(
-            f"The shards of {run_dir} lack {len(absent)} samples of {SCORES} (first: {absent[:10]}): a shard "
-            "was deleted or moved. Re-run the same `genunc predict` command to regenerate them."
-        )
-    order = torch.tensor([position[int(i)] for i in table["index"].tolist()])
-    return table, shards["sample"][order]
+    return table, samples
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A finished predict run: (the scores table, the decoded samples in table order, all in memory)."""
+    table, samples = open_run(run_dir)
+    return table, samples[torch.arange(len(samples))]
 
 
 # --- the evaluation -------------------------------------------------------------------------
@@ -192,10 +213,6 @@ class Evaluation:
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def load_run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(the scores table, the decoded samples in table order); checks nothing is missing."""
-        return load_run(self.run_dir)
-
     @torch.no_grad()
     def features(self, samples: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
         """Outputs [N, D] of ``network`` (default: the feature extractor) on samples, in batches."""
@@ -204,45 +221,84 @@ class Evaluation:
             return samples.flatten(1).float()
         return network_outputs(network, samples, self.batch_size, self.device)
 
-    def off_class(self, samples: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
-        """Which samples the classifier puts in another class than asked (``None`` without a classifier)."""
-        if self.classifier is None:
-            return None
-        if (classes < 0).any():
+    def sample_outputs(self, samples: RunSamples, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, off-class flags or ``None``) of a run's samples, in one pass over its shards."""
+        if self.classifier is not None and (classes < 0).any():
             raise EvaluationError(
                 f"classifier= needs the class each sample was asked for, but {int((classes < 0).sum())} samples "
                 "of this run are unconditional: drop classifier= or evaluate a class-conditional run."
             )
-        return self.features(samples, self.classifier).argmax(1) != classes
+        networks = [self.feature_extractor] + ([self.classifier] if self.classifier is not None else [])
+        outputs = samples.map([partial(self.features, network=n) for n in networks], progress="features of the samples")
+        off = outputs[1].argmax(1) != classes if self.classifier is not None else None
+        return outputs[0], off
 
-    def reference_samples(self, data: Dataset | None = None) -> torch.Tensor:
-        """The reference data (or ``data``) as one tensor, mapped like the model's ``decode``."""
+    def reference_batches(self, data: Dataset | None = None) -> Iterator[torch.Tensor]:
+        """The reference data (or ``data``) in batches, mapped like the model's ``decode``; never all in memory."""
         data = self.reference if data is None else data
-        items = [unpack_batch(data[i])[0] for i in range(len(data))]
-        x = torch.stack([torch.as_tensor(v) for v in items]).float()
-        if self.reference_range is not None:
-            low, high = self.reference_range
-            x = ((x - low) / (high - low)).clamp(0, 1)
-        return x
+        for start in range(0, len(data), self.batch_size):
+            items = [unpack_batch(data[i])[0] for i in range(start, min(start + self.batch_size, len(data)))]
+            x = torch.stack([torch.as_tensor(v) for v in items]).float()
+            if self.reference_range is not None:
+                low, high = self.reference_range
+                x = ((x - low) / (high - low)).clamp(0, 1)
+            yield x
+
+    def dataset_features(self, data: Dataset | None = None) -> torch.Tensor:
+        """Features [N, D] of the reference data (or ``data``), batch by batch."""
+        return torch.cat([self.features(x) for x in self.reference_batches(data)])
 
     def reference_features(self) -> torch.Tensor:
-        """Reference features, from the cache when the extractor and data match."""
-        data = self.reference_samples()
-        if self.cache_dir is None:
-            return self.features(data)
-        key = hashlib.sha256(
-            json.dumps(manifest_entry_of(self.feature_extractor), sort_keys=True, default=str).encode()
-        )
-        key.update(data.contiguous().numpy().tobytes())
-        path = self.cache_dir / f"reference-{key.hexdigest()[:24]}.safetensors"
-        from safetensors.torch import load_file, save_file
+        """Reference features, from the cache when the file is this extractor's, on this data, and intact.
 
+        The key covers what determines the features: the extractor's identity (its class, structure,
+        parameters and buffers, and its scalar settings such as the resize), the reference range and the
+        data. A cached file is used only if its recorded key and checksum match and the extractor,
+        run now on the first reference items, gives the same features; a damaged or mismatched file is
+        recomputed, with a warning.
+        """
+        if self.cache_dir is None:
+            return self.dataset_features()
+        extractor = self.feature_extractor
+        identity = {
+            "extractor": manifest_entry_of(extractor),
+            "structure": repr(extractor),
+            "settings": scalar_settings(extractor) if extractor is not None else {},
+            "reference_range": self.reference_range,
+        }
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+        first = None
+        for x in self.reference_batches():
+            first = x[:CACHE_PROBE] if first is None else first
+            key.update(f"{tuple(x.shape)}".encode())
+            key.update(x.contiguous().numpy().tobytes())
+        key = key.hexdigest()
+        path = self.cache_dir / f"reference-{key[:24]}.safetensors"
         if path.is_file():
-            return load_file(str(path))["features"]
-        feats = self.features(data)
-        with atomic_path(path) as tmp:
-            save_file({"features": feats.contiguous()}, str(tmp))
+            problem = self._cache_problem(path, key, len(self.reference), first)
+            if problem is None:
+                return load_file(str(path))["features"]
+            warnings.warn(f"Reference-feature cache {path} {problem}: computing the features again.", stacklevel=2)
+        feats = self.dataset_features()
+        meta = {"format": CACHE_FORMAT, "key": key, "digest": _digest(feats), "rows": str(len(feats))}
+        save_safetensors_atomic({"features": feats}, path, "the reference-feature cache", meta)
         return feats
+
+    def _cache_problem(self, path: Path, key: str, rows: int, first: torch.Tensor) -> str | None:
+        """What is wrong with a cache file for ``rows`` reference items starting with ``first`` (``None``: nothing)."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta, feats = f.metadata() or {}, f.get_tensor("features")
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            return f"is unreadable ({' '.join(str(err).split())})"
+        if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
+            return "was written for another extractor or data"
+        if meta.get("rows") != str(rows) or len(feats) != rows or meta.get("digest") != _digest(feats):
+            return "does not hold the features it was written with (its checksum or size differs)"
+        probe = self.features(first)
+        if probe.shape[1:] != feats.shape[1:] or not torch.allclose(probe, feats[:CACHE_PROBE], rtol=1e-3, atol=1e-5):
+            return "holds other features than this extractor gives on the first reference items"
+        return None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -287,7 +343,7 @@ class Evaluation:
 
     def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
         """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
-        heldout = self.features(self.reference_samples(self.heldout))
+        heldout = self.dataset_features(self.heldout)
         floor = noise_floor(heldout, len(real), kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
         space = judged_space(floor, randoms, methods)
         floor_sizes = {"reference_size": len(real), "kept_size": kept, "split": "heldout"}
@@ -296,7 +352,7 @@ class Evaluation:
 
     def run(self) -> dict[str, Any]:
         """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
-        table, samples = self.load_run()
+        table, samples = open_run(self.run_dir)
         clash = [c for c in EVALUATION_COLUMNS if c in table]
         if clash:
             raise EvaluationError(
@@ -306,7 +362,8 @@ class Evaluation:
         n = len(table["index"])
         kept = self._kept_count(n)
         self.check_gate_inputs(kept)
-        fake = self.features(samples)
+        classes = table["class"]
+        fake, off = self.sample_outputs(samples, classes)
         MF.check_features("features of the run's samples", fake)
         real = self.reference_features()
         MF.check_pair(real, fake, self.k)
@@ -317,8 +374,6 @@ class Evaluation:
                 "Keep more samples, or use a feature extractor with fewer dimensions (D < K/2).",
                 stacklevel=2,
             )
-        classes = table["class"]
-        off = self.off_class(samples, classes)
         failures = {"off_class": off} if off is not None else None
         # the reference side computed once
         measure = ReferenceMeasure(real, fake, self.k, failures, self.kid_subsets, kept, self.seed)
@@ -334,7 +389,9 @@ class Evaluation:
         for method in methods:
             results[method.label] = {**measure(method.keep(columns, classes, kept)), "kept": kept}
         g = torch.Generator().manual_seed(self.seed)
-        randoms = [measure(idx) for idx in random_kept_sets(n, kept, self.random_subsets, g)]
+        subsets = random_kept_sets(n, kept, self.random_subsets, g)
+        # disable=None: a bar on a terminal only
+        randoms = [measure(idx) for idx in tqdm(subsets, desc="random kept sets", unit="set", disable=None)]
         if randoms:
             results["random"] = {**mean_and_std(randoms), "kept": kept}
         if off is not None and self.random_subsets:

@@ -10,12 +10,16 @@ from typing import Any
 import torch
 
 from genunc_lightning.io import write_text_atomic
+from genunc_lightning.uncertainty.run_directory import RunSamples
 
 
 def write_evaluation(
-    report: dict, out: Path, samples: torch.Tensor, rankings: dict[str, tuple[torch.Tensor, bool]]
+    report: dict, out: Path, samples: torch.Tensor | RunSamples, rankings: dict[str, tuple[torch.Tensor, bool]]
 ) -> None:
-    """evaluation.json, evaluation.md and the plots (``rankings``: the single scores' values to rank by)."""
+    """evaluation.json, evaluation.md and the plots (``rankings``: the single scores' values to rank by).
+
+    ``samples`` may be a run's ``RunSamples``: the grids read only the samples they show.
+    """
     from genunc_lightning import plots
 
     out.mkdir(parents=True, exist_ok=True)

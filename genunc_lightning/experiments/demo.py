@@ -109,7 +109,6 @@ def run_toy(out: Path, sizes: DemoSizes, methods: Collection[str] | None = None)
     from genunc_lightning.data.toy import grid_modes
     from genunc_lightning.experiments.assets import asset_path
     from genunc_lightning.uncertainty import DeepEnsemble, PixelLikelihood
-    from genunc_lightning.uncertainty.writer import read_shards
 
     if methods is not None and (unknown := set(methods) - set(TOY_METHODS)):
         raise ValueError(f"Unknown toy methods {sorted(unknown)}; choose from {list(TOY_METHODS)}.")
@@ -126,8 +125,7 @@ def run_toy(out: Path, sizes: DemoSizes, methods: Collection[str] | None = None)
         print(f"  toy: {name}", flush=True)
         table, seconds = scored_run(run_dir, adapter, post, [PixelLikelihood()], sizes.toy_samples, 5000)
         if samples is None:
-            cols = read_shards(run_dir, columns=["index", "sample"])
-            samples = cols["sample"][cols["index"].argsort()]
+            samples = load_run(run_dir)[1]  # in table order, i.e. by index
         kept_sets[name] = samples[keep_best(table["pixel"], len(samples) // 2)]  # drop the most uncertain half
         results[name] = {**filtered_rates(samples, kept_sets[name], modes, 0.1), "seconds": seconds}
     _toy_figure(samples, kept_sets, out / "toy_figure2.png")

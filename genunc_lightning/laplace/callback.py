@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from genunc_lightning.io import check_writable_file
+from genunc_lightning.io import check_writable_file, remove_empty_dirs
 from genunc_lightning.laplace.fisher import FisherBatch
 from genunc_lightning.laplace.posterior import AUTO, DiagonalLaplacePosterior, FisherConvention, fisher_convention
 
@@ -87,15 +87,31 @@ class FisherAccumulationCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Checks, before the Fisher pass, that the posterior file can be written."""
+        self._created_dirs: list[Path] = []
+        self._started = self._failed = False
         if self.output is not None and trainer.is_global_zero:
-            check_writable_file(self.output, "the posterior (laplace.output)")
+            self._created_dirs = check_writable_file(self.output, "the posterior (laplace.output)")
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Clears the sums."""
         if not hasattr(pl_module, "adapter"):
             raise TypeError("FisherAccumulationCallback works with LaplaceFitModule (a module with an adapter).")
+        self._started = True
         self._reset()
         self.posterior = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A failed pass leaves no folder that only the output check created."""
+        self._failed = True
+        remove_empty_dirs(getattr(self, "_created_dirs", []))
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Refuses a pass that ran no batch: Lightning skips the loop, and its end hook, for an empty loader."""
+        if stage == "predict" and not self._started and not self._failed:
+            raise ValueError(
+                "The Fisher pass saw no examples: the data module's predict loader (the training subset) is empty. "
+                "Check the dataset and data.subset; no posterior was written."
+            )
 
     def on_predict_batch_end(
         self,

@@ -10,11 +10,12 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.interrupts import StopsOnSigterm
 from genunc_lightning.laplace.fisher import FisherBatch, fisher_batch
 from genunc_lightning.seeding import example_seeds
 
 
-class LaplaceFitModule(LightningModule):
+class LaplaceFitModule(StopsOnSigterm, LightningModule):
     """Computes each batch's diagonal-Fisher contribution in ``predict_step``.
 
     Run it with ``Trainer.predict`` over an indexed training subset (batches ``{"index": …,

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.adapters.layers import LastLayerMembers
 from genunc_lightning.data.predict import UNCONDITIONAL, collate_check
+from genunc_lightning.interrupts import StopsOnSigterm
 from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
 from genunc_lightning.uncertainty.baselines import BaselineScore, DeepEnsemble
 from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood
@@ -28,7 +29,7 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-class GenerativeUncertaintyModule(LightningModule):
+class GenerativeUncertaintyModule(StopsOnSigterm, LightningModule):
     """Generates samples and scores each by its generative uncertainty, in ``predict_step``.
 
     The M last-layer weight sets are drawn once from ``posterior`` with ``posterior_seed``, so every

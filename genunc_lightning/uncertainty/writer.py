@@ -36,17 +36,26 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from genunc_lightning.data.predict import missing_indices
-from genunc_lightning.io import atomic_path, write_text_atomic
+from genunc_lightning.io import atomic_path, save_safetensors_atomic, write_text_atomic
 from genunc_lightning.uncertainty.prediction import ScoredPrediction, check_prediction
+from genunc_lightning.uncertainty.run_directory import (
+    LOCK,
+    MANIFEST,
+    RUN_FORMAT,
+    SCORES,
+    SHARD_FORMAT,
+    TABLE_COLUMNS,
+    RunDirectoryError,
+    first_missing,
+    read_manifest,
+    read_scores,
+    read_shards,
+    run_id,
+)
 
-MANIFEST = "manifest.json"
-SCORES = "scores.csv"
-LOCK = ".lock"
-SHARD_FORMAT = "genunc-lightning/scored-shard"
-RUN_FORMAT = "genunc-lightning/predict-run"
+__all__ = ["EVALUATION_COLUMNS", "RunDirectoryError", "ScoredSampleWriter", "check_score_names", "read_manifest",
+           "read_scores", "read_shards"]  # fmt: skip
 
-
-TABLE_COLUMNS = ("index", "seed", "class")
 # Columns `genunc evaluate` adds to the table, and the names of its reference rows.
 EVALUATION_COLUMNS = ("realism", "rarity", "random")
 SCORE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
@@ -72,89 +81,12 @@ def check_score_names(names: Sequence[str]) -> None:
             )
 
 
-class RunDirectoryError(ValueError):
-    """The output directory holds another run's results, or a run's files are inconsistent."""
-
-
 def _versions() -> dict[str, str]:
     import lightning
 
     from genunc_lightning import __version__
 
     return {"genunc_lightning": __version__, "torch": torch.__version__, "lightning": lightning.__version__}
-
-
-PER_SAMPLE_TENSORS = ("sample", "variance_map")  # the large columns; the rest make the scores table
-
-
-def read_shards(
-    directory: str | Path, remove_invalid: bool = False, columns: Sequence[str] | None = None, samples: bool = True
-) -> dict[str, torch.Tensor]:
-    """Concatenates every readable shard of a run directory (unsorted, possibly with gaps).
-
-    Args:
-        directory: the run directory.
-        remove_invalid: delete shards that cannot be read (truncated or foreign) so they are regenerated.
-        columns: read only these columns (all when ``None``).
-        samples: ``False`` skips the per-sample tensors (``sample``, ``variance_map``), for the table alone.
-    """
-    from safetensors import safe_open
-
-    parts: list[dict[str, torch.Tensor]] = []
-    for path in sorted((Path(directory) / "shards").glob("shard-*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("format") != SHARD_FORMAT:
-                    raise ValueError("not a scored-sample shard")
-                keys = [
-                    k
-                    for k in f.keys()
-                    if (columns is None or k in columns) and (samples or k not in PER_SAMPLE_TENSORS)
-                ]
-                parts.append({k: f.get_tensor(k) for k in keys})
-        except Exception as err:  # a truncated file raises safetensors' own error types
-            if not remove_invalid:
-                raise RunDirectoryError(f"Unreadable shard {path}: {err}") from err
-            rank_zero_warn(f"Shard {path.name} is unreadable ({err}); its samples will be generated again.")
-            path.unlink(missing_ok=True)
-    if not parts:
-        return {}
-    keys = set(parts[0])
-    if any(set(p) != keys for p in parts):
-        raise RunDirectoryError(f"Shards in {directory} hold different columns: the run directory is inconsistent.")
-    return {k: torch.cat([p[k] for p in parts]) for k in sorted(keys)}
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The run's manifest, with errors that name the file."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise RunDirectoryError(f"{directory} is not a predict run directory (no {MANIFEST}).")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDirectoryError(
-            f"{path} is not valid JSON ({err}): the run directory is damaged. Re-run `genunc predict` into a new "
-            "output_dir, or delete this one."
-        ) from err
-
-
-def read_scores(directory: str | Path) -> dict[str, torch.Tensor]:
-    """The merged scores table of a run directory as columns (``index``, ``seed``, ``class``, scores)."""
-    path = Path(directory) / SCORES
-    if not path.is_file():
-        raise FileNotFoundError(f"No {SCORES} in {directory}: run `genunc predict` into it first.")
-    with path.open() as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    cols: dict[str, torch.Tensor] = {}
-    for j, name in enumerate(header):
-        values = [r[j] for r in body]
-        if name in ("index", "seed", "class"):
-            cols[name] = torch.tensor([int(v) for v in values], dtype=torch.long)
-        else:
-            cols[name] = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    return cols
 
 
 class ScoredSampleWriter(BasePredictionWriter):
@@ -194,6 +126,7 @@ class ScoredSampleWriter(BasePredictionWriter):
             "save_samples": self.save_samples,
         }
         identity = json.loads(json.dumps(identity, default=str))
+        self._run_id = run_id(identity)
         self._rollback = None
         created = not self.output_dir.exists()
         self._acquire_lock(trainer)
@@ -227,9 +160,9 @@ class ScoredSampleWriter(BasePredictionWriter):
                     if child.name != LOCK:
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
                 self._rollback = (created, None)
-            read_shards(self.output_dir, remove_invalid=True, columns=["index"])
+            read_shards(self.output_dir, self._run_id, remove_invalid=True, columns=["index"])
         trainer.strategy.barrier()
-        done = read_shards(self.output_dir, columns=["index"]).get("index")  # the same view on every rank
+        done = read_shards(self.output_dir, self._run_id, columns=["index"]).get("index")  # the same view everywhere
         skip = set(done.tolist()) if done is not None else set()
         self._written = []
         if skip:
@@ -246,6 +179,7 @@ class ScoredSampleWriter(BasePredictionWriter):
             manifest = {
                 "format": RUN_FORMAT,
                 "identity": identity,
+                "run_id": self._run_id,
                 "versions": _versions(),
                 "world_size": trainer.world_size,
                 "num_samples": num_samples,
@@ -325,8 +259,6 @@ class ScoredSampleWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         """Writes one shard for the batch, atomically."""
-        from safetensors.torch import save_file
-
         check_prediction(prediction)
         index = prediction["index"].cpu()
         tensors = {
@@ -341,8 +273,8 @@ class ScoredSampleWriter(BasePredictionWriter):
         if "variance_maps" in prediction:
             tensors["variance_map"] = prediction["variance_maps"].detach().cpu().float()
         name = f"shard-{int(index.min()):09d}-{int(index.max()):09d}-{uuid.uuid4().hex[:8]}.safetensors"
-        with atomic_path(self.output_dir / "shards" / name) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": SHARD_FORMAT})
+        metadata = {"format": SHARD_FORMAT, "run": self._run_id}
+        save_safetensors_atomic(tensors, self.output_dir / "shards" / name, "a scored-sample shard", metadata)
         self._written.append(index)
         if self.save_png:
             self._write_pngs(index, prediction["sample"])
@@ -381,7 +313,8 @@ class ScoredSampleWriter(BasePredictionWriter):
 
     def _unseen_ranks_error(self, per_rank: list[torch.Tensor], devices_per_node: int) -> str | None:
         """Names the nodes whose shards rank 0 cannot see (an output directory that is not shared)."""
-        seen = read_shards(self.output_dir, columns=["index"]).get("index", torch.zeros(0, dtype=torch.long))
+        seen = read_shards(self.output_dir, self._run_id, columns=["index"])
+        seen = seen.get("index", torch.zeros(0, dtype=torch.long))
         unseen = [r for r, idx in enumerate(per_rank) if idx.numel() and not torch.isin(idx, seen).all()]
         if not unseen:
             return None
@@ -398,7 +331,7 @@ class ScoredSampleWriter(BasePredictionWriter):
         With ``num_samples``, the table holds indices 0 … num_samples − 1 only: shards of a larger
         earlier run stay on disk (a later run may reuse them) but are not part of this run's table.
         """
-        cols = read_shards(self.output_dir, samples=False)  # the table only: the samples stay on disk
+        cols = read_shards(self.output_dir, self._run_id, samples=False)  # the table only: samples stay on disk
         if not cols:
             raise RunDirectoryError(f"No shards in {self.output_dir}: nothing was generated.")
         if num_samples is not None:
@@ -410,11 +343,9 @@ class ScoredSampleWriter(BasePredictionWriter):
             dup = index[1:][index[1:] == index[:-1]].unique()[:10].tolist()
             raise RunDirectoryError(f"Indices {dup} appear in more than one shard of {self.output_dir}.")
         if num_samples is not None:
-            missing = missing_indices(index, num_samples)
-            if missing:
-                raise RunDirectoryError(
-                    f"{len(missing)} indices are missing (first: {missing[:10]}); re-run to finish."
-                )
+            count, first = first_missing(index, num_samples)
+            if count:
+                raise RunDirectoryError(f"{count} indices are missing (first: {first}); re-run to finish.")
         score_names = sorted(k for k in cols if k.startswith("score."))
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
