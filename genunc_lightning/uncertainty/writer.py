@@ -1,19 +1,21 @@
 """ScoredSampleWriter: per-rank shards written atomically, a merged scores table, a manifest; resumable.
 
-A predict run directory holds:
+A predict run directory holds (the format, and its checked readers, are in ``run_directory``):
 
 - ``manifest.json``: the run's identity (model, posterior and likelihood fingerprints, M, T, T',
-  seeds), versions and world size. A re-run with another identity is refused before sampling.
+  seeds), its hash ``run_id``, versions and world size. A re-run with another identity is refused
+  before sampling.
 - ``shards/shard-<first>-<last>-<uid>.safetensors``: one per batch and rank, written atomically:
-  ``index``, ``seed``, ``class``, ``score.<name>`` and (optionally) ``sample`` and ``variance_map``.
+  ``index``, ``seed``, ``class``, ``score.<name>`` and (optionally) ``sample`` and ``variance_map``,
+  with the ``run_id`` of the run that wrote it.
 - ``scores.csv``: every index exactly once, sorted: ``index,seed,class,<score columns>``.
 - ``images/<index>.png`` when ``save_png`` is on (image samples only).
 
-A re-run of the same command reads the shards, drops unreadable (e.g. truncated) ones, generates
-only the missing indices and rewrites the table (also when nothing is missing, e.g. after a crash
-between the last shard and the table). A lock file (``.lock``, held by rank 0 for the whole run)
-refuses a second run into the same directory while one is writing. A run that fails before it
-has written any shard leaves the directory as it found it.
+A re-run of the same command reads the shards, drops unreadable (e.g. truncated) ones and those of
+another run, generates only the missing indices and rewrites the table (also when nothing is
+missing, e.g. after a crash between the last shard and the table). A lock file (``.lock``, held by
+rank 0 for the whole run) refuses a second run into the same directory while one is writing. A run
+that fails before it has written any shard leaves the directory as it found it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from genunc_lightning.uncertainty.run_directory import (
     SHARD_FORMAT,
     TABLE_COLUMNS,
     RunDirectoryError,
+    RunShards,
     first_missing,
     read_manifest,
     read_scores,
@@ -160,10 +163,9 @@ class ScoredSampleWriter(BasePredictionWriter):
                     if child.name != LOCK:
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
                 self._rollback = (created, None)
-            read_shards(self.output_dir, self._run_id, remove_invalid=True, columns=["index"])
+            RunShards(self.output_dir, self._run_id, remove_invalid=True)
         trainer.strategy.barrier()
-        done = read_shards(self.output_dir, self._run_id, columns=["index"]).get("index")  # the same view everywhere
-        skip = set(done.tolist()) if done is not None else set()
+        skip = set(RunShards(self.output_dir, self._run_id).index().tolist())  # the same view on every rank
         self._written = []
         if skip:
             rank_zero_info(f"Resuming {self.output_dir}: {len(skip)} samples already written.")
@@ -313,8 +315,7 @@ class ScoredSampleWriter(BasePredictionWriter):
 
     def _unseen_ranks_error(self, per_rank: list[torch.Tensor], devices_per_node: int) -> str | None:
         """Names the nodes whose shards rank 0 cannot see (an output directory that is not shared)."""
-        seen = read_shards(self.output_dir, self._run_id, columns=["index"])
-        seen = seen.get("index", torch.zeros(0, dtype=torch.long))
+        seen = RunShards(self.output_dir, self._run_id).index()
         unseen = [r for r, idx in enumerate(per_rank) if idx.numel() and not torch.isin(idx, seen).all()]
         if not unseen:
             return None
