@@ -299,3 +299,43 @@ class CountingIdentity(torch.nn.Module):
     def forward(self, x):
         self.calls += 1
         return x.flatten(1)
+
+
+def test_reject_thresholds_from_a_labels_file(run_dir, tmp_path):
+    from genunc_lightning.evaluation.decision import reject_threshold
+
+    table = read_scores(run_dir)
+    labelled = torch.arange(80)  # the first 80 samples were looked at; failures: the most pixel-uncertain
+    failed = table["pixel"][labelled] > table["pixel"][labelled].quantile(0.8)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,failure\n" + "".join(f"{i},{int(f)}\n" for i, f in zip(labelled.tolist(), failed.tolist(),
+                                                                                   strict=True)))  # fmt: skip
+    report = evaluation(run_dir, output_dir=str(tmp_path / "ev"), labels=str(labels), alpha=0.1, delta=0.2).run()
+    ours = report["reject_thresholds"]["pixel"]
+    direct = reject_threshold(table["pixel"][labelled], failed, 0.1, 0.2)
+    assert ours["threshold"] == direct["threshold"] and ours["tests"] == direct["tests"] and ours["threshold"]
+    assert ours["others"] == 40 and ours["others_rejected"] == int((table["pixel"][80:] > ours["threshold"]).sum())
+    assert report["reject_thresholds"]["realism"]["keep"] == "realism >= threshold"  # higher realism is kept
+    assert "Reject thresholds from 80 labelled samples" in (tmp_path / "ev" / "evaluation.md").read_text()
+
+
+BAD_LABELS = [("index,label\n0,1\n", "needs a header with the columns index and failure"),
+              ("index,failure\n0,yes\n", "line 2: failure 'yes' is not 0 or 1"),
+              ("index,failure\n999,1\n", "line 2: index '999' is not a sample"),
+              ("index,failure\n3,1\n3,0\n", "labels some index more than once")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "match"), BAD_LABELS)
+def test_a_bad_labels_file_is_one_line_before_any_feature_work(run_dir, tmp_path, text, match):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(text)
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x
+
+    with pytest.raises(EvaluationError, match=match):
+        evaluation(run_dir, labels=str(labels), feature_extractor=Counting()).run()
+    assert calls == []

@@ -15,6 +15,7 @@ failures would give.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import warnings
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from genunc_lightning.data.batches import unpack_batch
 from genunc_lightning.data.datamodule import fraction_or_count
+from genunc_lightning.evaluation.decision import reject_threshold
 from genunc_lightning.evaluation.gate import (
     MIN_NULL_SETS,
     SIGNIFICANCE,
@@ -124,6 +126,38 @@ def open_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], RunSamples]:
     return table, samples
 
 
+def read_failure_labels(path: Path, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table positions, failed) of a labels CSV with columns ``index`` and ``failure`` (0/1, true/false).
+
+    Raises:
+        EvaluationError: no file, no such columns, a value that is not 0/1, an index twice or not in the run.
+    """
+    if not path.is_file():
+        raise EvaluationError(f"No labels file at {path}: give a CSV with columns index,failure (0 or 1).")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"index", "failure"} <= set(rows[0]):
+        raise EvaluationError(f"{path} needs a header with the columns index and failure, and at least one row.")
+    truth = {"0": False, "1": True, "false": False, "true": True}
+    position = {int(i): p for p, i in enumerate(index.tolist())}
+    positions, failed = [], []
+    for line, row in enumerate(rows, start=2):
+        value = str(row["failure"]).strip().lower()
+        try:
+            sample = int(row["index"])
+        except ValueError:
+            sample = None
+        if value not in truth or sample not in position:
+            what = f"failure {row['failure']!r} is not 0 or 1" if value not in truth else (
+                f"index {row['index']!r} is not a sample of this run")  # fmt: skip
+            raise EvaluationError(f"{path}, line {line}: {what}.")
+        positions.append(position[sample])
+        failed.append(truth[value])
+    if len(set(positions)) != len(positions):
+        raise EvaluationError(f"{path} labels some index more than once: give each sample one label.")
+    return torch.tensor(positions), torch.tensor(failed)
+
+
 def load_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """A finished predict run: (the scores table, the decoded samples in table order, all in memory)."""
     table, samples = open_run(run_dir)
@@ -165,6 +199,13 @@ class Evaluation:
             gate of ``evaluation.gate``: the real-vs-real floor at these sizes, whether the random kept
             sets are far enough above it for a claim to be tested, and each score's verdict.
         floor_draws: the floor's real-vs-real draws.
+        labels: a CSV file with columns ``index`` and ``failure`` (0/1): samples of this run that a person
+            (or a held-out classifier) labelled. Turns on each score's reject threshold with a guarantee
+            (``evaluation.decision.reject_threshold``): keeping the samples on the good side of it, the
+            failure rate among them is at most ``alpha`` with probability at least 1 − ``delta``, for new
+            samples of the same run settings.
+        alpha: the failure rate allowed among kept samples.
+        delta: the probability that the guarantee fails.
     """
 
     def __init__(
@@ -189,6 +230,9 @@ class Evaluation:
         kid_subsets: int = 0,
         heldout: Dataset | None = None,
         floor_draws: int = 200,
+        labels: str | None = None,
+        alpha: float = 0.1,
+        delta: float = 0.1,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.reference = reference
@@ -210,6 +254,8 @@ class Evaluation:
         self.kid_subsets = kid_subsets
         self.heldout = heldout
         self.floor_draws = floor_draws
+        self.labels = Path(labels) if labels is not None else None
+        self.alpha, self.delta = alpha, delta
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -300,6 +346,20 @@ class Evaluation:
             return "holds other features than this extractor gives on the first reference items"
         return None
 
+    def reject_threshold(
+        self, values: torch.Tensor, name: str, positions: torch.Tensor, failures: torch.Tensor
+    ) -> dict[str, Any]:
+        """One score's threshold from the labelled rows, and what it rejects among the other rows."""
+        sign = -1.0 if name in HIGHER_IS_BETTER else 1.0  # rejected first: the most uncertain (or least real)
+        result = reject_threshold(sign * values[positions], failures, self.alpha, self.delta)
+        others = torch.ones(len(values), dtype=torch.bool)
+        others[positions] = False
+        tau = result["threshold"]
+        rejected = int((sign * values[others] > tau).sum()) if tau is not None else int(others.sum())
+        keep = ">=" if sign < 0 else "<="
+        return {**result, "threshold": None if tau is None else sign * tau, "keep": f"{name} {keep} threshold",
+                "others": int(others.sum()), "others_rejected": rejected}  # fmt: skip
+
     # -- the run ---------------------------------------------------------------------------
 
     def _kept_count(self, n: int) -> int:
@@ -362,6 +422,7 @@ class Evaluation:
         n = len(table["index"])
         kept = self._kept_count(n)
         self.check_gate_inputs(kept)
+        labelled = read_failure_labels(self.labels, table["index"]) if self.labels is not None else None
         classes = table["class"]
         fake, off = self.sample_outputs(samples, classes)
         MF.check_features("features of the run's samples", fake)
@@ -436,6 +497,10 @@ class Evaluation:
             }
         if self.heldout is not None:
             report.update(self.gate(real, kept, randoms, {m.label: results[m.label] for m in methods}))
+        if labelled is not None:
+            report["reject_thresholds"] = {
+                name: self.reject_threshold(columns[name], name, *labelled) for name in singles
+            }
         rankings = {name: Method((name,)).ranking(columns) for name in singles}
         write_evaluation(report, self.output_dir, samples, rankings)
         return report

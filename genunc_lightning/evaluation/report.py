@@ -86,7 +86,33 @@ def markdown_table(report: dict) -> str:
         lines += ["", *auroc_rows(report["off_class_auroc"])]
     if "gate" in report:
         lines += ["", *gate_rows({"features": report["gate"]}), "", *verdict_rows(report["verdicts"])]
+    if "reject_thresholds" in report:
+        lines += ["", *threshold_rows(report["reject_thresholds"])]
     return "\n".join(lines) + "\n"
+
+
+def threshold_rows(thresholds: dict[str, dict]) -> list[str]:
+    """A Markdown table of each score's reject threshold with its guarantee, from the labelled samples."""
+    first = next(iter(thresholds.values()))
+    rows = [
+        f"Reject thresholds from {first['calibration']} labelled samples: among kept samples the failure rate is "
+        f"at most {first['alpha']:g} with probability at least {1 - first['delta']:g} (Learn-then-Test, exact "
+        "binomial tests).",
+        "",
+        "| score | keep | kept of the labelled | their failure rate (upper bound) | rejected of the other samples |",
+        "|---|---|---|---|---|",
+    ]
+    for name, t in thresholds.items():
+        if t["threshold"] is None:
+            needs = f"no threshold meets the guarantee (it needs ≥ {t['min_kept']} kept labelled samples)"
+            rows.append(f"| {name} | {needs} | 0 | | {t['others_rejected']} of {t['others']} |")
+            continue
+        keep = t["keep"].replace("threshold", f"{t['threshold']:.6g}")
+        rows.append(
+            f"| {name} | {keep} | {t['kept_fraction']:.1%} | {t['kept_failure_rate']:.1%} "
+            f"(≤ {t['failure_rate_upper_bound']:.1%}) | {t['others_rejected']} of {t['others']} |"
+        )
+    return rows
 
 
 def gate_rows(spaces: dict[str, dict[str, dict]]) -> list[str]:
