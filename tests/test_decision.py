@@ -13,6 +13,7 @@ from genunc_lightning.evaluation.decision import (
     holm,
     min_kept_for_guarantee,
     reject_threshold,
+    sign_flip_p,
 )
 
 P = [0.01, 0.04, 0.03, 0.005]
@@ -93,3 +94,16 @@ def test_the_threshold_refuses_bad_input():
         reject_threshold(torch.rand(5), torch.zeros(4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"alpha and delta must lie in \(0, 1\)"):
         reject_threshold(torch.rand(5), torch.zeros(5, dtype=torch.bool), alpha=0.0)
+
+
+def test_sign_flip_p_against_an_enumeration_by_hand():
+    import itertools
+
+    d = [2.1, 0.4, -0.3, 1.7, 0.9]
+    patterns = list(itertools.product([1, -1], repeat=len(d)))
+    as_large = sum(sum(s * x for s, x in zip(signs, d, strict=True)) >= sum(d) - 1e-12 for signs in patterns)
+    assert sign_flip_p(d) == as_large / 32
+    assert sign_flip_p([1.0] * 8) == 1 / 256  # all positive: the smallest p, 2^-R
+    assert sign_flip_p([-1.0, -2.0, -0.5]) == 1.0  # all negative: every pattern is at least as large
+    with pytest.raises(ValueError):
+        sign_flip_p([])

@@ -175,3 +175,25 @@ def reject_threshold(
         "kept_failure_rate": chosen["failures"] / chosen["kept"],
         "failure_rate_upper_bound": binomial_upper_bound(chosen["failures"], chosen["kept"], delta),
     }
+
+
+def sign_flip_p(differences: Sequence[float]) -> float:
+    """One-sided exact sign-flip (randomisation) p-value of "the mean of ``differences`` is above 0".
+
+    Under the null each difference is as likely positive as negative (a symmetric distribution around
+    0, independent across units), so all 2^R sign patterns are equally likely; p is the share whose mean
+    is at least the observed one. Its smallest value is 2^−R.
+
+    Args:
+        differences: one paired difference per independent unit (a model), R of them (R ≤ 24).
+    """
+    d = torch.as_tensor(list(differences), dtype=torch.float64)
+    r = d.numel()
+    if r == 0 or r > 24 or not torch.isfinite(d).all():
+        raise ValueError(f"Give 1 to 24 finite differences; got {d.tolist()}.")
+    patterns = torch.arange(2**r).unsqueeze(1).bitwise_right_shift(torch.arange(r)).bitwise_and(1)
+    signs = 1.0 - 2.0 * patterns.double()  # every sign pattern, the identity (all +1) included
+    means = (signs * d).mean(1)
+    observed = d.mean()
+    tolerance = 1e-12 * max(1.0, float(d.abs().max()))
+    return float((means >= observed - tolerance).double().mean())

@@ -1,7 +1,7 @@
 """Scored sampling: the score, likelihoods, the predict-time LightningModule and the writer."""
 
 from genunc_lightning.uncertainty.baselines import AleatoricUncertainty, BaselineScore, BayesDiff, DeepEnsemble
-from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood, SemanticLikelihood
+from genunc_lightning.uncertainty.likelihoods import Likelihood, PixelLikelihood, RealDataScale, SemanticLikelihood
 from genunc_lightning.uncertainty.module import GenerativeUncertaintyModule
 from genunc_lightning.uncertainty.prediction import ScoredPrediction
 from genunc_lightning.uncertainty.scores import gaussian_entropy, generative_uncertainty, member_variance
@@ -17,6 +17,7 @@ __all__ = [
     "PixelLikelihood",
     "ScoredPrediction",
     "ScoredSampleWriter",
+    "RealDataScale",
     "SemanticLikelihood",
     "gaussian_entropy",
     "generative_uncertainty",
