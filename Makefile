@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --disable-pip-version-check -q -c constraints.txt
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install demo test test-fast lint format bench assets experiments
+.PHONY: install demo test test-fast lint format bench assets experiments replication
 
 # One resolver run for torch and the package (each pip run costs seconds even when all is installed).
 install:
@@ -17,6 +17,11 @@ demo: install
 # runs/experiments/, and the table and figure of docs/experiments.md.
 experiments: install
 	$(PYTHON) -m genunc_lightning.experiments.sweep --output runs/experiments --docs docs
+
+# The replicated digits experiment of docs/replication_rules.md: 8 UNets trained (or reused from runs/replication),
+# two pools each, every test computed; writes docs/replication_results.json and docs/replication.md.
+replication: install
+	$(PYTHON) -m genunc_lightning.experiments.replication --output runs/replication --docs docs
 
 test: install
 	$(PYTHON) -m ruff check genunc_lightning tests benchmarks

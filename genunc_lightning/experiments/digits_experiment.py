@@ -8,6 +8,7 @@ and ``HeldOutEvaluation.evaluate`` turns them into a report whose verdicts are c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -209,12 +210,20 @@ class HeldOutEvaluation:
 
 
 def score_samples(
-    run_root: Path, adapter: Any, posterior: Any, scorer: torch.nn.Module, sizes: ExperimentSizes, sampler_steps: int
+    run_root: Path,
+    adapter: Any,
+    posterior: Any,
+    scorer: torch.nn.Module,
+    sizes: ExperimentSizes,
+    sampler_steps: int,
+    seed: int = 0,
+    extra_likelihoods: Sequence[Any] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """One sweep point's N samples with every score: ours, pixel, BayesDiff and AU, then the paper preset.
 
     Two predict runs with the same seeds; the pretrained weights are member 0 in both, so both draw the
-    same samples (checked).
+    same samples (checked). ``seed`` is the data seed of the pool; ``extra_likelihoods`` score the same
+    members in the main run (the replication's relative-noise variants).
 
     Returns:
         (samples in [0, 1], the classes asked for, the score columns, each run's seconds).
@@ -227,12 +236,13 @@ def score_samples(
         num_classes=10,
         num_members=sizes.members,
         steps=sampler_steps,
+        seed=seed,
     )
     _, main_seconds = scored_run(
         run_root / "scores",
         adapter,
         posterior,
-        [SemanticLikelihood(scorer), PixelLikelihood()],
+        [SemanticLikelihood(scorer), PixelLikelihood(), *extra_likelihoods],
         baselines=[BayesDiff(), AleatoricUncertainty(every=5)],
         **common,
     )

@@ -37,16 +37,17 @@ def scored_run(
     num_samples: int,
     batch_size: int,
     num_classes: int | None = None,
+    seed: int = 0,
     **module_kwargs: Any,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """One `genunc predict` run into ``out_dir``; returns the scores table and the wall time."""
+    """One `genunc predict` run into ``out_dir`` (data seed ``seed``); returns the scores table and the wall time."""
     from genunc_lightning.data import SeedDataModule
     from genunc_lightning.uncertainty import GenerativeUncertaintyModule, ScoredSampleWriter, read_scores
 
     module = GenerativeUncertaintyModule(adapter, posterior, likelihoods, **module_kwargs)
     start = time.perf_counter()
     _trainer(callbacks=[ScoredSampleWriter(str(out_dir), replace_other_run=True)]).predict(
-        module, datamodule=SeedDataModule(num_samples, batch_size, seed=0, num_classes=num_classes),
+        module, datamodule=SeedDataModule(num_samples, batch_size, seed=seed, num_classes=num_classes),
         return_predictions=False,
     )  # fmt: skip
     return read_scores(out_dir), time.perf_counter() - start

@@ -1,0 +1,72 @@
+"""The replicated experiment's verdicts from pool numbers (docs/replication_rules.md §3–§5, issue 23)."""
+
+import pytest
+import torch
+
+from genunc_lightning.experiments.replication import analyse, endpoints, reject_threshold_check, replication_markdown
+
+SCORES = ("semantic", "semantic_relative", "pixel", "pixel_relative", "bayesdiff", "au", "realism")
+
+
+def pool(fid_by_score, null_fid=30.0, informative=True):
+    """A pool as evaluate_pool reports it, with the given kept-set FIDs (other metrics at the null's value)."""
+    methods = {s: {"fid": fid, "kid": 1.0, "precision": 0.7, "recall": 0.5} for s, fid in fid_by_score.items()}
+    space = {"methods": methods, "null_mean": {"fid": null_fid, "kid": 1.0, "precision": 0.7, "recall": 0.5},
+             "gate": {"informative": informative, "null_fid": null_fid, "floor_fid_quantile": 10.0},
+             "verdicts": {s: {"fid": {"p": 0.5, "gain": 0.0}} for s in methods}}  # fmt: skip
+    g = torch.Generator().manual_seed(int(sum(fid_by_score.values()) * 1000))
+    scores = torch.rand(300, generator=g)  # failures among the most uncertain: a threshold exists
+    return {"spaces": {"classifier": space, "pixel-pca": space},
+            "auroc": {f: {s: 0.5 for s in methods} for f in ("off_class", "off_manifold")},
+            "columns": {s: scores.tolist() for s in methods},
+            "off_class": (torch.rand(300, generator=g) < scores**4).tolist()}  # fmt: skip
+
+
+def models(gains, informative=True, seed=0):
+    """8 models × 2 pools; ours' kept FID is the null's minus gains[r] (± pool noise), the others at the null."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for r, gain in enumerate(gains, start=1):
+        noise = torch.randn(2, generator=g).tolist()
+        out[r] = [pool({**{s: 30.0 + 0.1 * n for s in SCORES}, "semantic": 30.0 - gain + 0.1 * n},
+                       informative=informative) for n in noise]  # fmt: skip
+    return out
+
+
+def test_an_informative_case_where_ours_beats_random_and_every_rival():
+    result = analyse(models([2.0, 1.5, 2.5, 1.0, 3.0, 2.2, 1.8, 2.6]))
+    assert endpoints(models([2.0] * 8), "semantic")[0] == pytest.approx(2.0, abs=0.2)
+    tests = result["primary"]["tests"]
+    assert all(t["p"] == 1 / 256 for t in tests.values())  # every model positive: the smallest exact p
+    assert all(t["p_holm"] == pytest.approx(4 / 256) and t["verdict"] == "holds" for t in tests.values())
+    assert result["exploratory"]["readme claims"]["pixel beats ours (classifier FID)"]["holds"] is False
+
+
+def test_an_uninformative_case_gives_no_verdict_whatever_the_gains():
+    result = analyse(models([2.0] * 8, informative=False))
+    assert result["primary"]["gate"] == {"informative_pools": 0, "pools": 16, "informative": False}
+    assert {t["verdict"] for t in result["primary"]["tests"].values()} == {"uninformative at this scale"}
+
+
+def test_no_effect_does_not_hold_and_worse_than_random_is_its_own_direction():
+    result = analyse(models([0.5, -0.4, 0.1, -0.6, 0.3, -0.2, -0.1, 0.2]))
+    assert result["primary"]["tests"]["random"]["verdict"] == "does not hold"
+    worse = analyse(models([-2.0, -1.5, -2.5, -1.0, -3.0, -2.2, -1.8, -2.6]))
+    assert worse["primary"]["tests"]["random"]["verdict"] == "does not hold"
+    claim = worse["exploratory"]["readme claims"]["semantic makes FID worse than random (classifier)"]
+    assert claim["p"] == 1 / 256 and claim["holds"]
+    assert worse["noise_default"]["default"] == "relative"  # relative sits at the null, raw is worse: §6's rule
+
+
+def test_the_results_markdown_shows_the_computed_verdicts_and_the_threshold_check():
+    pools = models([2.0, 1.5, 2.5, 1.0, 3.0, 2.2, 1.8, 2.6])
+    results = {"rules": "docs/replication_rules.md", "models": list(pools), "pools": [1, 2],
+               "sizes": {"samples": 300, "keep": 250, "null_sets": 2000, "gate_quantile": 0.99},
+               **analyse(pools), "reject_threshold": reject_threshold_check(pools),
+               "seconds": {"total": 60.0}}  # fmt: skip
+    text = replication_markdown(results)
+    row = next(line for line in text.splitlines() if line.startswith("| ours beats random (classifier FID) |"))
+    assert row.endswith("| 0.0039 | 0.0156 | holds |")  # p = 1/256, Holm × 4
+    checked = results["reject_threshold"]["scores"]["semantic"]
+    assert checked["models_with_threshold"] == 8 and 0 <= checked["held"] <= 8
+    assert all(0 < row["fresh_kept"] < 1 for row in checked["per_model"])
