@@ -414,6 +414,18 @@ def _p(value: float) -> str:
     return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
 
 
+def primary_rows(results: dict[str, Any]) -> list[str]:
+    """The primary tests as a Markdown table (the README quotes these rows as they are)."""
+    rows = ["| hypothesis | mean over models | per model | p | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    for test in results["primary"]["tests"].values():
+        per = ", ".join(f"{v:+.2f}" for v in test["per_model"])
+        rows.append(
+            f"| {test['hypothesis']} | {test['mean']:+.3f} | {per} | {_p(test['p'])} | "
+            f"{_p(test['p_holm'])} | {test['verdict']} |"
+        )
+    return rows
+
+
 def replication_markdown(results: dict[str, Any]) -> str:
     """The results file as Markdown: every number is the file's."""
     primary = results["primary"]
@@ -440,15 +452,8 @@ def replication_markdown(results: dict[str, Any]) -> str:
         "",
         "## Primary: four one-sided sign-flip tests across models, Holm-corrected",
         "",
-        "| hypothesis | mean over models | per model | p | Holm p | verdict |",
-        "|---|---|---|---|---|---|",
+        *primary_rows(results),
     ]
-    for test in primary["tests"].values():
-        per = ", ".join(f"{v:+.2f}" for v in test["per_model"])
-        lines.append(
-            f"| {test['hypothesis']} | {test['mean']:+.3f} | {per} | {_p(test['p'])} | "
-            f"{_p(test['p_holm'])} | {test['verdict']} |"
-        )
     lines += [
         "",
         "Endpoints E(score, model): classifier FID gain over the mean random kept set (> 0 is better).",
