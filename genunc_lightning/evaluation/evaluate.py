@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -113,6 +112,11 @@ def open_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], RunSamples]:
             raise EvaluationError(
                 f"{run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
                 "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
+            )
+        if "sample" not in shards.shapes:
+            raise EvaluationError(
+                f"{run_dir} was written with save_samples=false: there are no samples to evaluate. Re-run "
+                "`genunc predict` with writer.save_samples true into a new output_dir."
             )
         samples = RunSamples(shards, table["index"])
     except RunDirectoryError as err:
@@ -321,32 +325,34 @@ class Evaluation:
         key = key.hexdigest()
         path = self.cache_dir / f"reference-{key[:24]}.safetensors"
         if path.is_file():
-            problem = self._cache_problem(path, key, len(self.reference), first)
-            if problem is None:
-                return load_file(str(path))["features"]
+            cached, problem = self._cached_features(path, key, len(self.reference), first)
+            if cached is not None:
+                return cached
             warnings.warn(f"Reference-feature cache {path} {problem}: computing the features again.", stacklevel=2)
         feats = self.dataset_features()
         meta = {"format": CACHE_FORMAT, "key": key, "digest": _digest(feats), "rows": str(len(feats))}
         save_safetensors_atomic({"features": feats}, path, "the reference-feature cache", meta)
         return feats
 
-    def _cache_problem(self, path: Path, key: str, rows: int, first: torch.Tensor) -> str | None:
-        """What is wrong with a cache file for ``rows`` reference items starting with ``first`` (``None``: nothing)."""
+    def _cached_features(
+        self, path: Path, key: str, rows: int, first: torch.Tensor
+    ) -> tuple[torch.Tensor | None, str | None]:
+        """(features, None) from a cache file right for ``rows`` items starting with ``first``, else (None, why)."""
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta, feats = f.metadata() or {}, f.get_tensor("features")
         except Exception as err:  # safetensors raises its own error types for damaged files
-            return f"is unreadable ({' '.join(str(err).split())})"
+            return None, f"is unreadable ({' '.join(str(err).split())})"
         if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
-            return "was written for another extractor or data"
+            return None, "was written for another extractor or data"
         if meta.get("rows") != str(rows) or len(feats) != rows or meta.get("digest") != _digest(feats):
-            return "does not hold the features it was written with (its checksum or size differs)"
+            return None, "does not hold the features it was written with (its checksum or size differs)"
         probe = self.features(first)
         if probe.shape[1:] != feats.shape[1:] or not torch.allclose(probe, feats[:CACHE_PROBE], rtol=1e-3, atol=1e-5):
-            return "holds other features than this extractor gives on the first reference items"
-        return None
+            return None, "holds other features than this extractor gives on the first reference items"
+        return feats, None
 
-    def reject_threshold(
+    def threshold_for(
         self, values: torch.Tensor, name: str, positions: torch.Tensor, failures: torch.Tensor
     ) -> dict[str, Any]:
         """One score's threshold from the labelled rows, and what it rejects among the other rows."""
@@ -498,9 +504,7 @@ class Evaluation:
         if self.heldout is not None:
             report.update(self.gate(real, kept, randoms, {m.label: results[m.label] for m in methods}))
         if labelled is not None:
-            report["reject_thresholds"] = {
-                name: self.reject_threshold(columns[name], name, *labelled) for name in singles
-            }
+            report["reject_thresholds"] = {name: self.threshold_for(columns[name], name, *labelled) for name in singles}
         rankings = {name: Method((name,)).ranking(columns) for name in singles}
         write_evaluation(report, self.output_dir, samples, rankings)
         return report
