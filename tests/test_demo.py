@@ -50,7 +50,12 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
     paper = digits["scale_sweep"][PAPER_DIGITS]
     assert (paper["sigma"], paper["prior_precision"]) == (1.0, 1.0)
     text = (out / "report.md").read_text()
-    assert "## Claims checked" in text and "### The gate" in text and "off-manifold" in text and "KID ↓" in text
+    assert (
+        "## Claims checked" in text
+        and "### The gate" in text
+        and "off-manifold" in text
+        and "KID ↓ (MMD², raw features)" in text
+    )
     for name in list(toy) + list(digits["cost_sweep"]) + list(digits["scale_sweep"]):
         assert name in text
     assert digits["sweep_figure"] in text

@@ -45,8 +45,8 @@ def _finite(obj: Any) -> Any:
 
 
 def _result_columns(results: dict[str, dict]) -> list[tuple[str, str]]:
-    columns = [("fid", "FID ↓"), ("kid", "KID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑"),
-               ("off_class", "off-class ↓"), ("off_manifold", "off-manifold ↓")]  # fmt: skip
+    columns = [("fid", "FID ↓"), ("kid", "KID ↓ (MMD², raw features)"), ("precision", "precision ↑"),
+               ("recall", "recall ↑"), ("off_class", "off-class ↓"), ("off_manifold", "off-manifold ↓")]  # fmt: skip
     return [
         (m, title)
         for m, title in columns
@@ -115,6 +115,9 @@ def threshold_rows(thresholds: dict[str, dict]) -> list[str]:
     return rows
 
 
+METRIC_LABELS = {"kid": "kid (MMD², raw features)"}  # a metric's name in tables, with its unit where it needs one
+
+
 def gate_rows(spaces: dict[str, dict[str, dict]]) -> list[str]:
     """A Markdown table of the noise-floor gate per feature space and metric: floor, random kept sets, distance.
 
@@ -126,7 +129,7 @@ def gate_rows(spaces: dict[str, dict[str, dict]]) -> list[str]:
     for space, gates in spaces.items():
         for metric, g in gates.items():
             cells = [space] * named + [
-                metric,
+                METRIC_LABELS.get(metric, metric),
                 f"{g['floor']:.4g} ± {g['floor_std']:.2g}",
                 f"{g['null']:.4g} ± {g['null_std']:.2g}",
                 f"{g['distance']:.1f}",
@@ -140,7 +143,8 @@ def verdict_rows(found: list[dict]) -> list[str]:
     """A Markdown table of computed verdicts: gain over random (null stds), p-value, verdict."""
     rows = ["| kept by | metric | value | gain (null stds) | p | verdict |", "|---|---|---|---|---|---|"]
     for v in found:
-        where = f"{v['metric']} ({v['space']})" if v.get("space", "features") != "features" else v["metric"]
+        metric = METRIC_LABELS.get(v["metric"], v["metric"])
+        where = f"{metric} ({v['space']})" if v.get("space", "features") != "features" else metric
         rows.append(
             f"| {v['method']} | {where} | {v['value']:.4g} | {v['gain']:+.2f} | {v['p']:.3f} | {v['verdict']} |"
         )

@@ -426,6 +426,15 @@ def primary_rows(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def noise_default_sentence(results: dict[str, Any]) -> str:
+    """The semantic-noise decision of §6 in one sentence (the README quotes it as it is)."""
+    nd = results["noise_default"]
+    return (
+        f"Rule: {nd['rule']}. Mean {nd['test']['mean']:+.3f}, p = {_p(nd['test']['p'])}: the default is "
+        f"**{nd['default']}**."
+    )
+
+
 def replication_markdown(results: dict[str, Any]) -> str:
     """The results file as Markdown: every number is the file's."""
     primary = results["primary"]
@@ -479,14 +488,7 @@ def replication_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {t['mean']:+.3f} | {_p(t['p'])} | {_p(t['p_bh'])} | {'yes' if t['holds'] else 'no'} |"
             )
-    nd = results["noise_default"]
-    lines += [
-        "",
-        "## The semantic noise's default",
-        "",
-        f"Rule: {nd['rule']}. Mean {nd['test']['mean']:+.3f}, "
-        f"p = {_p(nd['test']['p'])}: the default is **{nd['default']}**.",
-    ]
+    lines += ["", "## The semantic noise's default", "", noise_default_sentence(results)]
     rt = results["reject_threshold"]
     lines += [
         "",
