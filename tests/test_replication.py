@@ -70,3 +70,41 @@ def test_the_results_markdown_shows_the_computed_verdicts_and_the_threshold_chec
     checked = results["reject_threshold"]["scores"]["semantic"]
     assert checked["models_with_threshold"] == 8 and 0 <= checked["held"] <= 8
     assert all(0 < row["fresh_kept"] < 1 for row in checked["per_model"])
+
+
+def test_the_readme_quotes_the_committed_replication_results():
+    import json
+    from pathlib import Path
+
+    from genunc_lightning.experiments.replication import noise_default_sentence, primary_rows
+
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / "docs" / "replication_results.json").read_text())
+    readme = (root / "README.md").read_text()
+    for row in primary_rows(results):
+        assert row in readme, row
+    assert noise_default_sentence(results) in readme
+    # The prose figures of the README's replication block, each from the file.
+    tests, ends = results["primary"]["tests"], results["primary"]["endpoints"]
+    mean = {name: sum(v) / len(v) for name, v in ends.items()}
+    ours, pixel_claim = tests["random"], results["exploratory"]["readme claims"]["pixel beats ours (classifier FID)"]
+    floor = results["floors"]["classifier"]
+    threshold = results["reject_threshold"]["scores"]["semantic"]
+    quoted = [
+        f"Ours beats random kept sets in {sum(v > 0 for v in ours['per_model'])} of 8 models (mean FID gain "
+        f"{ours['mean']:+.2f})",
+        f"p = {ours['p']:.3f}, Holm p = {ours['p_holm']:.3f}",
+        f"(gain {mean['pixel']:+.2f} against {mean['semantic']:+.2f};",
+        f"sign-flip p = {pixel_claim['p']:.4f}, Benjamini–Hochberg p = {pixel_claim['p_bh']:.3f})",
+        f"({mean['bayesdiff']:+.2f})",
+        f"(gain {mean['pixel_relative']:+.2f} against {mean['pixel']:+.2f}",
+        f"FID {floor['fixed_reference']['mean']:.2f} ± {floor['fixed_reference']['std']:.2f}, quantile "
+        f"{floor['fixed_reference_quantile']:.2f}",
+        f"a threshold existed in {threshold['models_with_threshold']} of 8 models",
+        f"at most 0.2 in {threshold['held']} of {threshold['models_with_threshold']}",
+        f"All {results['primary']['gate']['informative_pools']} pools pass the gate",
+    ]
+    flat = " ".join(readme.split())  # the README wraps its lines
+    for text in quoted:
+        assert " ".join(text.split()) in flat, text
+    assert (root / "docs" / "replication.md").read_text() == replication_markdown(results)  # written from the file
