@@ -339,3 +339,14 @@ def test_a_bad_labels_file_is_one_line_before_any_feature_work(run_dir, tmp_path
     with pytest.raises(EvaluationError, match=match):
         evaluation(run_dir, labels=str(labels), feature_extractor=Counting()).run()
     assert calls == []
+
+
+def test_a_run_without_samples_is_refused_with_its_own_fix(tmp_path, toy_model):
+
+    adapter, path = toy_model(tmp_path)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[ScoredSampleWriter(str(tmp_path / "run"), save_samples=False)]).predict(
+        GenerativeUncertaintyModule(adapter, str(path), num_members=2), datamodule=SeedDataModule(20, 10),
+        return_predictions=False)  # fmt: skip
+    with pytest.raises(EvaluationError, match="written with save_samples=false.*writer.save_samples true"):
+        evaluation(tmp_path / "run", keep=10).run()
