@@ -156,7 +156,7 @@ class _WithoutLightningTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """What every `genunc` run would otherwise print that says nothing about the run."""
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _WithoutLightningTips) for f in log.filters):
@@ -168,7 +168,7 @@ def _quiet_lightning() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `genunc` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _quiet_lightning()
+    quiet_lightning()
     # As `python -m` does: the user's own modules (class_path: my_repo.MyModel) import from the working directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -113,14 +113,12 @@ def open_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], RunSamples]:
                 f"{run_dir / 'shards'} holds no shards, though {SCORES} lists {len(table['index'])} samples: the "
                 "samples were deleted or moved. Re-run the same `genunc predict` command to generate them again."
             )
-        if "sample" not in shards.shapes:
-            raise EvaluationError(
-                f"{run_dir} was written with save_samples=false: there are no samples to evaluate. Re-run "
-                "`genunc predict` with writer.save_samples true into a new output_dir."
-            )
-        samples = RunSamples(shards, table["index"])
     except RunDirectoryError as err:
         raise EvaluationError(f"{err} Re-run the same `genunc predict` command to repair the run.") from err
+    try:
+        samples = RunSamples(shards, table["index"])
+    except RunDirectoryError as err:  # no samples: its own fix, not a repair
+        raise EvaluationError(str(err)) from err
     absent = table["index"][~torch.isin(table["index"], shards.index())]
     if absent.numel():
         raise EvaluationError(

@@ -81,7 +81,8 @@ def images01(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (data.images + 1) / 2, data.labels
 
 
-def _apply(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def apply_network(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A network's outputs [N, D] on the experiment's images, in batches of 512 (float32, CPU)."""
     return network_outputs(network, images, batch_size=512)
 
 
@@ -127,7 +128,7 @@ class HeldOutEvaluation:
             "pixel-pca": PixelPCA(train, self.sizes.pca_components),
         }
         s = self.sizes
-        heldout_features = {name: _apply(net, heldout) for name, net in self.spaces.items()}
+        heldout_features = {name: apply_network(net, heldout) for name, net in self.spaces.items()}
         # the reference split leads the held-out images
         self.reference = {name: features[: s.reference] for name, features in heldout_features.items()}
         self.floor = {
@@ -140,15 +141,15 @@ class HeldOutEvaluation:
             for name, features in heldout_features.items()
         }
         self.accuracy = {
-            "scorer": (_apply(scorer_classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),
-            "evaluator": (_apply(self.classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),
+            "scorer": (apply_network(scorer_classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),
+            "evaluator": (apply_network(self.classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),
             "heldout_images": len(heldout),
         }
         # Off-manifold: farther from the reference than 95% of real held-out images (calibration) are.
         self.off_manifold_radius = torch.quantile(
             self._distance_to_reference(self.spaces["pixel-pca"](calibration)), s.off_manifold_quantile
         ).item()
-        self.train_scorer_features = _apply(self.scorer, train)
+        self.train_scorer_features = apply_network(self.scorer, train)
         self.train_scorer_radii = MF.knn_radii(self.train_scorer_features, s.k)
 
     def _distance_to_reference(self, pca_features: torch.Tensor) -> torch.Tensor:
@@ -158,11 +159,11 @@ class HeldOutEvaluation:
     def failures(self, samples: torch.Tensor, classes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Which samples are off-manifold (pixel PCA) and off-class (the evaluator classifier)."""
         off_manifold = self._distance_to_reference(self.spaces["pixel-pca"](samples)) > self.off_manifold_radius
-        return {"off_manifold": off_manifold, "off_class": _apply(self.classifier, samples).argmax(1) != classes}
+        return {"off_manifold": off_manifold, "off_class": apply_network(self.classifier, samples).argmax(1) != classes}
 
     def realism_columns(self, samples: torch.Tensor) -> dict[str, torch.Tensor]:
         """Realism and rarity in the scorer's features, against the training split (not the evaluation reference)."""
-        fake, real, radii = _apply(self.scorer, samples), self.train_scorer_features, self.train_scorer_radii
+        fake, real, radii = apply_network(self.scorer, samples), self.train_scorer_features, self.train_scorer_radii
         return {
             "realism": MF.realism_score(real, fake, self.sizes.k, real_radii=radii),
             "rarity": MF.rarity_score(real, fake, self.sizes.k, real_radii=radii),
@@ -187,7 +188,7 @@ class HeldOutEvaluation:
         spaces = {}
         for name, net in self.spaces.items():
             measure = ReferenceMeasure(
-                self.reference[name], _apply(net, samples), s.k, failures, s.kid_subsets, s.keep, seed=self.seed
+                self.reference[name], apply_network(net, samples), s.k, failures, s.kid_subsets, s.keep, seed=self.seed
             )
             methods_measured = {m: measure(i) for m, i in kept.items()}
             space = judged_space(self.floor[name], [measure(i) for i in null_sets], methods_measured)

@@ -27,7 +27,7 @@ from genunc_lightning.evaluation.selection import HIGHER_IS_BETTER, Method, rand
 from genunc_lightning.experiments.digits_experiment import (
     ExperimentSizes,
     HeldOutEvaluation,
-    _apply,
+    apply_network,
     images01,
     score_samples,
 )
@@ -119,7 +119,7 @@ def fixed_reference_floor(
     subsets = [torch.randperm(len(calibration), generator=g)[:keep] for _ in range(draws)]
     floor = {}
     for name, net in evaluation.spaces.items():
-        measure = ReferenceMeasure(evaluation.reference[name], _apply(net, calibration), k, kid_subset_size=keep)
+        measure = ReferenceMeasure(evaluation.reference[name], apply_network(net, calibration), k, kid_subset_size=keep)
         runs = [measure(i) for i in subsets]
         floor[name] = {m: [r[m] for r in runs] for m in ("fid", "precision", "recall")}
     return floor
@@ -141,7 +141,7 @@ def evaluate_pool(
     null_sets = random_kept_sets(len(samples), s.keep, s.null_sets, torch.Generator().manual_seed(seed))
     spaces = {}
     for name, net in evaluation.spaces.items():
-        fake = _apply(net, samples)
+        fake = apply_network(net, samples)
         full = ReferenceMeasure(evaluation.reference[name], fake, s.k, failures, s.kid_subsets, s.keep, seed=seed)
         lite = ReferenceMeasure(evaluation.reference[name], fake, s.k, failures, 0, s.keep, seed=seed)
         measured = {m: full(i) for m, i in kept.items()}
@@ -323,9 +323,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--null-sets", type=int, default=NULL_SETS, help=argparse.SUPPRESS)
     parser.add_argument("--floor-draws", type=int, default=FLOOR_DRAWS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from genunc_lightning.cli import _quiet_lightning
+    from genunc_lightning.cli import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(args.output)
     start = time.perf_counter()
     sizes = ExperimentSizes(null_sets=args.null_sets)

@@ -213,18 +213,30 @@ class RunShards:
                 yield index, f.get_tensor(name)
 
     def take(self, indices: torch.Tensor, name: str = "sample") -> torch.Tensor:
-        """The rows of column ``name`` for ``indices``, in that order, reading only the shards that hold them."""
+        """The rows of column ``name`` for ``indices``, in that order, reading only the shards that hold them.
+
+        Raises:
+            RunDirectoryError: an index no shard holds.
+        """
         from safetensors import safe_open
 
         indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+        held = self.index()
+        shard_of = torch.repeat_interleave(
+            torch.arange(len(self.indices)), torch.tensor([len(i) for i in self.indices])
+        )
+        row_of = torch.cat([torch.arange(len(i)) for i in self.indices]) if self.indices else held
+        order = held.argsort()  # one sorted lookup for all indices, instead of a search per shard
+        where = torch.searchsorted(held[order], indices).clamp(max=max(len(held) - 1, 0))
+        found = order[where] if len(held) else where
+        if not len(held) or not torch.equal(held[found], indices):
+            missing = indices[held[found] != indices] if len(held) else indices
+            raise RunDirectoryError(f"No shard of {self.directory} holds indices {missing[:10].tolist()}.")
         out = torch.empty((indices.numel(), *self.shapes[name]))
-        for path, index in zip(self.paths, self.indices, strict=True):
-            wanted = torch.isin(indices, index)
-            if wanted.any():
-                row = {int(i): r for r, i in enumerate(index.tolist())}
-                with safe_open(str(path), framework="pt") as f:
-                    values = f.get_tensor(name)
-                out[wanted] = values[[row[int(i)] for i in indices[wanted].tolist()]].float()
+        for shard in shard_of[found].unique().tolist():
+            wanted = shard_of[found] == shard
+            with safe_open(str(self.paths[shard]), framework="pt") as f:
+                out[wanted] = f.get_tensor(name)[row_of[found[wanted]]].float()
         return out
 
 
@@ -242,7 +254,10 @@ class RunSamples:
 
     def __init__(self, shards: RunShards, order: torch.Tensor) -> None:
         if "sample" not in shards.shapes:
-            raise RunDirectoryError(f"{shards.directory} was written with save_samples=false: there are no samples.")
+            raise RunDirectoryError(
+                f"{shards.directory} was written with save_samples=false: there are no samples to evaluate. Re-run "
+                "`genunc predict` with writer.save_samples true into a new output_dir."
+            )
         self.shards, self.order = shards, order
 
     @property
