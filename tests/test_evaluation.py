@@ -260,7 +260,7 @@ def test_grids_show_distinct_samples_and_small_kept_sets_warn(run_dir, tmp_path)
 
 def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
     """The toy model at 20 steps against its own training distribution: the report carries the gate's numbers."""
-    from genunc_lightning.evaluation.gate import GATE_STDS, verdicts
+    from genunc_lightning.evaluation.gate import verdicts
 
     report = evaluation(run_dir, output_dir=str(tmp_path / "ev"), random_subsets=40, kid_subsets=3, floor_draws=30,
                         heldout=GaussianGrid2D(num_points=400, seed=9)).run()  # fmt: skip
@@ -268,7 +268,8 @@ def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
     assert (floor["reference_size"], floor["kept_size"], floor["subsets"]) == (300, 60, 30)
     assert all("kid" in r for r in report["results"].values())
     # a 20-step toy model is far from its data on FID and KID: both can test claims
-    assert report["gate"]["fid"]["distance"] > GATE_STDS and report["gate"]["kid"]["informative"]
+    assert report["gate"]["fid"]["informative"] and report["gate"]["kid"]["informative"]
+    assert report["gate"]["fid"]["null"] > max(floor["values"]["fid"])
     methods = ["pixel", "realism", "rarity", "pixel + realism"]
     assert {v["method"] for v in report["verdicts"]} == set(methods) and len(report["verdicts"]) == 3 * len(methods)
     on_disk = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
@@ -284,7 +285,7 @@ def test_heldout_gives_the_floor_gate_kid_and_verdicts(run_dir, tmp_path):
                    heldout=GaussianGrid2D(num_points=400, seed=9)).run()  # fmt: skip
     with pytest.raises(EvaluationError, match="hold out more data"):
         evaluation(run_dir, output_dir=str(tmp_path / "ev3"), random_subsets=20, feature_extractor=extractor,
-                   heldout=GaussianGrid2D(num_points=200, seed=9)).run()  # fmt: skip
+                   heldout=GaussianGrid2D(num_points=50, seed=9)).run()  # fmt: skip
     assert extractor.calls == 0
     assert not (tmp_path / "ev2").exists() and not (tmp_path / "ev3").exists()
 

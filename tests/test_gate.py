@@ -104,13 +104,43 @@ def test_verdict_counts_null_sets_at_least_as_good():
     assert verdict(9.0, null, "fid", informative=False)["verdict"] == UNINFORMATIVE
 
 
-def test_gate_needs_three_floor_stds_in_the_worse_direction():
-    floor = {"fid": 2.0, "fid_std": 0.5, "precision": 0.9, "precision_std": 0.01}
-    assert gate(floor, {"fid": 3.6, "fid_std": 0.1}, "fid")["informative"]
-    assert not gate(floor, {"fid": 3.4, "fid_std": 0.1}, "fid")["informative"]
-    assert not gate(floor, {"fid": 0.1, "fid_std": 0.1}, "fid")["informative"]  # better than real: no test
-    g = gate(floor, {"precision": 0.85, "precision_std": 0.01}, "precision")
-    assert g["informative"] and g["distance"] == pytest.approx(5.0)
+def test_gate_needs_the_null_beyond_the_floors_quantile_in_the_worse_direction():
+    values = np.random.default_rng(0).gamma(0.5, 2.0, size=200)  # a skewed floor, as FID's is
+    precision = 1.0 - values / 100
+    floor = {"fid": values.mean(), "fid_std": values.std(ddof=1), "precision": precision.mean(),
+             "precision_std": precision.std(ddof=1), "values": {"fid": list(values), "precision": list(precision)}}  # fmt: skip
+    q = np.quantile(values, 0.99)  # numpy's linear interpolation, as torch.quantile's default
+    g = gate(floor, {"fid": q + 1e-6, "fid_std": 0.1}, "fid")
+    assert g["informative"] and g["threshold"] == pytest.approx(q, rel=1e-12)
+    assert g["distance"] == pytest.approx((q + 1e-6 - values.mean()) / values.std(ddof=1))
+    assert not gate(floor, {"fid": q - 1e-6, "fid_std": 0.1}, "fid")["informative"]
+    # 3 floor stds above the mean is not enough on this skewed floor: the quantile decides, not d
+    three_stds = values.mean() + 3 * values.std(ddof=1)
+    assert three_stds < q and not gate(floor, {"fid": three_stds, "fid_std": 0.1}, "fid")["informative"]
+    assert not gate(floor, {"fid": 0.0, "fid_std": 0.1}, "fid")["informative"]  # better than real: no test
+    # precision: higher is better, so the null must sit below the floor's 0.01 quantile
+    low = np.quantile(precision, 0.01)
+    assert gate(floor, {"precision": low - 1e-6, "precision_std": 0.01}, "precision")["informative"]
+    assert not gate(floor, {"precision": low + 1e-6, "precision_std": 0.01}, "precision")["informative"]
+
+
+def test_the_floor_measures_real_sets_against_the_fixed_reference():
+    """Every floor draw is a real set of K measured against the one reference the null uses (scipy FID)."""
+    from scipy import linalg
+
+    g = torch.Generator().manual_seed(4)
+    reference, heldout = torch.randn(120, 3, generator=g), torch.randn(90, 3, generator=g) * 1.2
+    floor = noise_floor(reference, heldout, kept_size=40, draws=5, k=3, kid_subsets=0, seed=11)
+    perm = torch.Generator().manual_seed(11)
+    for value in floor["values"]["fid"]:
+        real = heldout[torch.randperm(90, generator=perm)[:40]].double().numpy()
+        ref = reference.double().numpy()
+        mu1, mu2, c1, c2 = ref.mean(0), real.mean(0), np.cov(ref, rowvar=False), np.cov(real, rowvar=False)
+        fid = ((mu1 - mu2) ** 2).sum() + np.trace(c1 + c2 - 2 * linalg.sqrtm(c1 @ c2).real)
+        assert value == pytest.approx(fid, rel=1e-4, abs=1e-6)
+    assert "kid" not in floor["values"] and floor["subsets"] == 5
+    with pytest.raises(ValueError, match="real sets of 100"):
+        noise_floor(reference, heldout, kept_size=100)
 
 
 def _small_run(failure_share, seed=0, n=240, keep=200, d=4):
@@ -122,7 +152,7 @@ def _small_run(failure_share, seed=0, n=240, keep=200, d=4):
     samples[failures] += 4.0
     detector = samples.norm(dim=1) + 0.3 * torch.randn(n, generator=g)  # an uncertainty that sees the failures
     blind = torch.randn(n, generator=g)  # one that does not
-    floor = noise_floor(heldout[300:], reference_size=250, kept_size=keep, draws=60, k=3, kid_subsets=3)
+    floor = noise_floor(heldout[:300], heldout[300:], kept_size=keep, draws=60, k=3, kid_subsets=3)
     measure = ReferenceMeasure(heldout[:300], samples, 3, {"failure": failures}, kid_subsets=3, kid_subset_size=keep)
     columns, classes = {"detector": detector, "blind": blind}, torch.full((n,), -1)
     null = [measure(i) for i in random_kept_sets(n, keep, 100, torch.Generator().manual_seed(1))]
@@ -149,9 +179,9 @@ def test_small_run_at_the_floor_is_uninformative_whatever_the_score():
     assert {v["verdict"] for v in verdicts(report)} == {UNINFORMATIVE}
 
 
-def test_floor_refuses_sizes_it_cannot_draw_disjointly():
+def test_floor_refuses_a_kept_size_above_the_heldout_data():
     with pytest.raises(ValueError, match="hold out more data"):
-        noise_floor(torch.randn(100, 3), reference_size=60, kept_size=50)
+        noise_floor(torch.randn(100, 3), torch.randn(40, 3), kept_size=50)
 
 
 def test_trend_and_sign_tests():

@@ -401,16 +401,16 @@ class Evaluation:
                 "(200 is a good default)."
             )
         try:
-            check_floor_sizes(len(self.heldout), len(self.reference), kept)
+            check_floor_sizes(len(self.heldout), kept)
         except ValueError as err:
             raise EvaluationError(f"heldout= is too small. {err}") from err
 
     def gate(self, real: torch.Tensor, kept: int, randoms: list[dict], methods: dict[str, dict]) -> dict[str, Any]:
         """The noise floor at these sizes from ``heldout``, the gate, and every method's verdict."""
         heldout = self.dataset_features(self.heldout)
-        floor = noise_floor(heldout, len(real), kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
+        floor = noise_floor(real, heldout, kept, self.floor_draws, self.k, self.kid_subsets, self.seed)
         space = judged_space(floor, randoms, methods)
-        floor_sizes = {"reference_size": len(real), "kept_size": kept, "split": "heldout"}
+        floor_sizes = {"reference_size": len(real), "kept_size": kept, "split": "heldout, against the reference"}
         return {"floor": {**floor, **floor_sizes}, "null": space["null"], "gate": space["gate"],
                 "verdicts": verdicts({"features": space})}  # fmt: skip
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from genunc_lightning.evaluation.gate import GATE_QUANTILE
 from genunc_lightning.io import write_text_atomic
 from genunc_lightning.uncertainty.run_directory import RunSamples
 
@@ -119,12 +120,19 @@ METRIC_LABELS = {"kid": "kid (MMD², raw features)"}  # a metric's name in table
 
 
 def gate_rows(spaces: dict[str, dict[str, dict]]) -> list[str]:
-    """A Markdown table of the noise-floor gate per feature space and metric: floor, random kept sets, distance.
+    """A Markdown table of the noise-floor gate per feature space and metric: floor, random kept sets, threshold.
 
     A single space named ``features`` (``genunc evaluate``'s one space) gets no space column.
     """
     named = list(spaces) != ["features"]
-    head = ["space"] * named + ["metric", "floor (real vs real)", "random kept sets", "d (floor stds)", "informative"]
+    head = ["space"] * named + [
+        "metric",
+        "floor (real vs real)",
+        "random kept sets",
+        "d (floor stds)",
+        f"gate (floor's {GATE_QUANTILE:g} quantile)",
+        "informative",
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for space, gates in spaces.items():
         for metric, g in gates.items():
@@ -133,6 +141,7 @@ def gate_rows(spaces: dict[str, dict[str, dict]]) -> list[str]:
                 f"{g['floor']:.4g} ± {g['floor_std']:.2g}",
                 f"{g['null']:.4g} ± {g['null_std']:.2g}",
                 f"{g['distance']:.1f}",
+                f"{g['threshold']:.4g}",
                 "yes" if g["informative"] else "no",
             ]
             rows.append("| " + " | ".join(cells) + " |")

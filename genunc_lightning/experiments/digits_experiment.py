@@ -121,6 +121,8 @@ class HeldOutEvaluation:
                 f"reference = {self.sizes.reference}, but the reference split holds {len(reference)} digits."
             )
         calibration, calibration_labels = images01("calibration")
+        if self.sizes.keep > len(calibration):
+            raise ValueError(f"keep = {self.sizes.keep}, but the calibration split holds {len(calibration)} digits.")
         heldout = torch.cat([reference, calibration])
         heldout_labels = torch.cat([reference_labels, calibration_labels])
         self.spaces = {
@@ -128,17 +130,16 @@ class HeldOutEvaluation:
             "pixel-pca": PixelPCA(train, self.sizes.pca_components),
         }
         s = self.sizes
-        heldout_features = {name: apply_network(net, heldout) for name, net in self.spaces.items()}
-        # the reference split leads the held-out images
-        self.reference = {name: features[: s.reference] for name, features in heldout_features.items()}
+        self.reference = {name: apply_network(net, reference[: s.reference]) for name, net in self.spaces.items()}
+        calibration_features = {name: apply_network(net, calibration) for name, net in self.spaces.items()}
         self.floor = {
             name: {
-                **noise_floor(features, s.reference, s.keep, s.floor_draws, s.k, s.kid_subsets, seed),
+                **noise_floor(self.reference[name], real, s.keep, s.floor_draws, s.k, s.kid_subsets, seed),
                 "reference_size": s.reference,
                 "kept_size": s.keep,
-                "split": "heldout (reference + calibration)",
+                "split": "calibration, against the fixed reference",
             }
-            for name, features in heldout_features.items()
+            for name, real in calibration_features.items()
         }
         self.accuracy = {
             "scorer": (apply_network(scorer_classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),
