@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -33,6 +34,15 @@ def fingerprint(module: nn.Module, recurse: bool = True) -> str:
         value = value.detach().cpu()
         digest.update(f"{name}{tuple(value.shape)}".encode())
         digest.update((value.float() if value.is_floating_point() else value).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a shipped snapshot is named by it in results that rest on it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
