@@ -33,7 +33,7 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
         assert expected <= set(space["methods"])
         assert set(space["gate"]) == {"fid", "kid", "precision"}
         floor = space["floor"]
-        assert (floor["kept_size"], floor["reference_size"]) == (50, 200) and "heldout" in floor["split"]
+        assert (floor["kept_size"], floor["reference_size"]) == (50, 200) and "fixed reference" in floor["split"]
         assert len(floor["values"]["kid"]) == floor["subsets"] == 20
         assert len(space["null"]["values"]["fid"]) == 20
         for measured in space["methods"].values():
@@ -42,8 +42,13 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
     assert set(primary["auroc"]) == {"off_class", "off_manifold"}
     # the verdicts are the gate's, recomputed from the numbers on disk
     assert verdicts(primary["spaces"]) == primary["verdicts"]
-    digits_claims = [c for c in on_disk["claims"] if c["claim"].startswith("digits")]
-    assert len(digits_claims) == 12  # ours and the paper preset x FID, KID, precision x two spaces
+    digits_claims = [c for c in on_disk["claims"] if c["claim"].startswith("digits, ")]
+    assert len(digits_claims) == 12 + 4  # ours and the paper preset x FID, KID, precision x two spaces; replicated
+    # the replicated verdicts: the committed results', recomputed against the shipped snapshots
+    committed = json.loads(open("docs/replication_results.json").read())
+    assert on_disk["replication"]["primary"] == committed["primary"] and on_disk["replication"]["pools"] == 16
+    replicated = [c for c in digits_claims if "replicated across 8 models" in c["claim"]]
+    assert [c["verdict"] for c in replicated] == [t["verdict"] for t in committed["primary"]["tests"].values()]
     assert {c["verdict"] for c in on_disk["claims"]} <= {HOLDS, FAILS, UNINFORMATIVE}
     assert set(digits["cost_sweep"]) == {"M=5, T'=T", "M=1, T'=T", "M=1, T'=T/5", "M=5, T'=T/5"}
     assert set(digits["scale_sweep"]) == {"auto (T = 1)", PAPER_DIGITS, "auto, T = 10"}
@@ -55,6 +60,7 @@ def test_report_json_holds_every_section_of_report_md(quick_report):
         and "### The gate" in text
         and "off-manifold" in text
         and "KID ↓ (MMD², raw features)" in text
+        and "## Replicated across 8 models" in text
     )
     for name in list(toy) + list(digits["cost_sweep"]) + list(digits["scale_sweep"]):
         assert name in text

@@ -108,7 +108,8 @@ def test_gate_needs_the_null_beyond_the_floors_quantile_in_the_worse_direction()
     values = np.random.default_rng(0).gamma(0.5, 2.0, size=200)  # a skewed floor, as FID's is
     precision = 1.0 - values / 100
     floor = {"fid": values.mean(), "fid_std": values.std(ddof=1), "precision": precision.mean(),
-             "precision_std": precision.std(ddof=1), "values": {"fid": list(values), "precision": list(precision)}}  # fmt: skip
+             "precision_std": precision.std(ddof=1)}  # fmt: skip
+    floor["values"] = {"fid": list(values), "precision": list(precision)}
     q = np.quantile(values, 0.99)  # numpy's linear interpolation, as torch.quantile's default
     g = gate(floor, {"fid": q + 1e-6, "fid_std": 0.1}, "fid")
     assert g["informative"] and g["threshold"] == pytest.approx(q, rel=1e-12)

@@ -1,5 +1,8 @@
 """The replicated experiment's verdicts from pool numbers (docs/replication_rules.md §3–§5, issue 23)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -110,3 +113,35 @@ def test_the_readme_quotes_the_committed_replication_results():
     for text in quoted:
         assert " ".join(text.split()) in flat, text
     assert (root / "docs" / "replication.md").read_text() == replication_markdown(results)  # written from the file
+
+
+def test_the_replicated_verdicts_rest_on_the_shipped_snapshots(tmp_path):
+    """check_results: every snapshot's SHA-256 is the shipped file's, and every test recomputes as recorded."""
+    import shutil
+
+    from genunc_lightning.experiments.assets import ASSET_DIR
+    from genunc_lightning.experiments.replication import check_results
+
+    results = json.loads(Path("docs/replication_results.json").read_text())
+    checked = check_results(results)
+    assert checked["primary"] == results["primary"] and (checked["snapshots"], checked["pools"]) == (8, 16)
+    # another file under a snapshot's name: refused, naming it
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for snapshot in results["snapshots"].values():
+        shutil.copy(ASSET_DIR / snapshot["file"], assets)
+    assert check_results(results, assets)["primary"] == results["primary"]
+    damaged = assets / results["snapshots"]["3"]["file"]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=f"{damaged.name} is not the snapshot"):
+        check_results(results, assets)
+    damaged.unlink()
+    with pytest.raises(RuntimeError, match="is missing"):
+        check_results(results, assets)
+    # a pool's number edited by hand: the recomputed test differs from the recorded one
+    edited = json.loads(json.dumps(results))
+    edited["per_pool"]["1"][0]["spaces"]["classifier"]["methods"]["semantic"]["fid"] += 5.0
+    with pytest.raises(RuntimeError, match="primary"):
+        check_results(edited)

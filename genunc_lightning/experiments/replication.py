@@ -422,6 +422,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
+RESULTS_FILE = Path("docs") / "replication_results.json"
+
+
+def check_results(results: dict[str, Any], asset_dir: Path = ASSET_DIR) -> dict[str, Any]:
+    """The committed results, checked against the shipped snapshots and re-derived from their pool numbers.
+
+    Every replica snapshot named in ``results`` must be the shipped file of that SHA-256, so the verdicts
+    are about the models a user has; every test of the rules is then recomputed from the per-pool numbers
+    (``analyse``) and must equal the recorded one. Re-drawing the pools themselves is `make replication`.
+
+    Raises:
+        RuntimeError: a snapshot is missing or differs, or a recomputed test differs from the file's.
+    """
+    for seed, snapshot in results["snapshots"].items():
+        path = asset_dir / snapshot["file"]
+        if not path.is_file():
+            raise RuntimeError(
+                f"Replica {seed}'s snapshot {path} is missing: the results rest on it. `make replication`."
+            )
+        if file_sha256(path) != snapshot["sha256"]:
+            raise RuntimeError(
+                f"{path} is not the snapshot the replication results were computed from (SHA-256 differs): "
+                "re-run `make replication` to recompute them for this file."
+            )
+    pools = {int(seed): model for seed, model in results["per_pool"].items()}
+    recomputed = json.loads(json.dumps(analyse(pools), default=float))
+    differ = [key for key, value in recomputed.items() if results.get(key) != value]
+    if differ:
+        raise RuntimeError(f"Recomputing the replication's tests from its pools gives other {', '.join(differ)}.")
+    return {
+        "snapshots": len(results["snapshots"]),
+        "pools": sum(len(model) for model in pools.values()),
+        "primary": recomputed["primary"],
+        "noise_default": recomputed["noise_default"],
+    }
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     v = torch.tensor(values, dtype=torch.float64)
     return {"mean": float(v.mean()), "std": float(v.std())}
