@@ -27,7 +27,7 @@ SWEEP_TRAINING_STEPS = (150, 300, 600, 1500, 6000)
 SWEEP_SAMPLER_STEPS = (5, 10, 50)
 PRIMARY_SAMPLER_STEPS = 50
 # Chosen by the rule of docs/digits_experiment_rules.md §10 from `make experiments` (docs/experiments_results.md).
-PRIMARY_TRAINING_STEPS = 150
+PRIMARY_TRAINING_STEPS = 6000
 UNCERTAINTY_SCORES = ("semantic", "semantic_paper", "pixel", "bayesdiff", "au")
 OURS, PAPER = "semantic", "semantic_paper"
 
