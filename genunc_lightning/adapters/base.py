@@ -9,7 +9,8 @@ adapter only, never to the user's module directly.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,90 @@ from genunc_lightning.checkpoints import load_weights_into
 from genunc_lightning.data.batches import data_range_problem, unpack_batch
 from genunc_lightning.fingerprints import fingerprint, scalar_settings
 
+# Settings of guidance that leave sampling as it was before guidance existed.
+GUIDANCE_DEFAULTS = {"guidance_scale": 1.0, "null_class": None, "negative_prompt": None}
+
 
 class DenoiserCallError(TypeError):
     """The denoiser cannot be called the way the adapter calls it (``call_denoiser``)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a batch of samples is conditioned on while sampling: one entry per sample.
+
+    The predict data carries one integer per sample (a class label, or a prompt's position in the
+    prompt list), so DDP, shards and resumes need nothing else; text models also get each sample's
+    prompt and negative prompt. The adapter turns a ``Condition`` into its network's conditioning
+    (``DiffusionAdapter.network_condition``), and with a guidance scale w ≠ 1 also into the
+    unconditional branch's.
+
+    Args:
+        ids: LongTensor [B]: the class label, or the prompt's position in the prompt list.
+        prompts: each sample's prompt, for text models.
+        negative_prompts: each sample's negative prompt (the unconditional branch; ``None``: the empty prompt).
+    """
+
+    ids: torch.Tensor
+    prompts: tuple[str, ...] | None = None
+    negative_prompts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "negative_prompts"):
+            texts = getattr(self, name)
+            if texts is not None:
+                object.__setattr__(self, name, tuple(texts))
+                if len(texts) != len(self.ids):
+                    raise ValueError(f"A condition of {len(self.ids)} samples has {len(texts)} {name}.")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str) -> Condition:
+        """The same condition with its ids on ``device``."""
+        return Condition(self.ids.to(device), self.prompts, self.negative_prompts)
+
+    def repeat(self, n: int) -> Condition:
+        """The condition of a batch repeated ``n`` times (one copy per weight set)."""
+        prompts = self.prompts * n if self.prompts is not None else None
+        negatives = self.negative_prompts * n if self.negative_prompts is not None else None
+        return Condition(self.ids.repeat(n), prompts, negatives)
+
+    def chunk(self, n: int) -> list[Condition]:
+        """The condition split into ``n`` equal consecutive parts (one per weight set)."""
+        size = len(self) // n
+        return [self[i * size : (i + 1) * size] for i in range(n)]
+
+    def __getitem__(self, rows: slice) -> Condition:
+        prompts = self.prompts[rows] if self.prompts is not None else None
+        negatives = self.negative_prompts[rows] if self.negative_prompts is not None else None
+        return Condition(self.ids[rows], prompts, negatives)
+
+
+def class_labels(condition: Condition | torch.Tensor) -> torch.Tensor:
+    """The class labels of a sampling condition (for families that call their network themselves)."""
+    return condition.ids if isinstance(condition, Condition) else condition
+
+
+def _rows(conditioning: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` of a network conditioning: a tensor, or a dict (or tuple) of them."""
+    if isinstance(conditioning, torch.Tensor):
+        return conditioning[index.to(conditioning.device)]
+    if isinstance(conditioning, dict):
+        return {k: _rows(v, index) for k, v in conditioning.items()}
+    if isinstance(conditioning, (tuple, list)):
+        return type(conditioning)(_rows(v, index) for v in conditioning)
+    raise TypeError(f"Cannot index a conditioning of type {type(conditioning).__name__}.")
+
+
+def _stack_rows(rows: list[Any]) -> Any:
+    """Concatenates conditionings of one row each (tensors [1, ...], or dicts/tuples of them)."""
+    first = rows[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(rows)
+    if isinstance(first, dict):
+        return {k: _stack_rows([r[k] for r in rows]) for k in first}
+    return type(first)(_stack_rows(list(parts)) for parts in zip(*rows, strict=True))
 
 
 def require_interface(obj: Any, attributes: Sequence[str], needed_by: str, kind: str) -> None:
@@ -55,7 +137,17 @@ class DiffusionAdapter(nn.Module):
         vae: for latent models, an autoencoder with ``encode(x).latent_dist`` and ``decode(z).sample``
             (diffusers' AutoencoderKL) and ``config.scaling_factor``: training images are encoded to
             latent means × the scaling factor, samples decoded before any feature extractor.
+        guidance_scale: classifier-free guidance w while sampling (1: off). The prediction is
+            u + w·(c − u), with c the conditional and u the unconditional branch's, both computed
+            with the same last-layer weights.
+        null_class: the label of the unconditional branch of a class-conditional guided model (DiT and
+            U-ViT: ``num_classes``, the label dropped in training).
     """
+
+    # Whether the network is conditioned on text (the family implements ``encode_prompts``).
+    takes_prompts = False
+    # Whether sampling calls the network through ``call_denoiser_checked``, where guidance is applied.
+    applies_guidance = True
 
     def __init__(
         self,
@@ -65,6 +157,8 @@ class DiffusionAdapter(nn.Module):
         num_classes: int | None = None,
         image_range: tuple[float, float] | None = None,
         vae: nn.Module | None = None,
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
@@ -73,7 +167,39 @@ class DiffusionAdapter(nn.Module):
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = num_classes
         self.image_range = tuple(image_range) if image_range is not None else None
+        self.null_class = null_class
+        self.negative_prompt: str | None = None  # a text model's unconditional prompt when the data gives none
+        self.guidance_scale = 1.0
+        self._prompt_cache: dict[str, Any] = {}
         resolve_last_layer(denoiser, last_layer)
+        self.set_guidance(guidance_scale)
+
+    def set_guidance(self, guidance_scale: float) -> None:
+        """Sets the classifier-free guidance scale w (1: off), after checking the model has an unconditional branch.
+
+        Raises:
+            ValueError: w is not a finite number ≥ 0, or w ≠ 1 for a model with neither prompts nor a null class.
+        """
+        w = float(guidance_scale)
+        if not w >= 0 or w == float("inf"):
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale!r}.")
+        if w != 1.0 and not self.applies_guidance:
+            raise ValueError(
+                f"{type(self).__name__} samples through its own calls of the network, where the package cannot apply "
+                f"guidance: leave guidance_scale at 1 (got {w:g})."
+            )
+        if w != 1.0 and not self.takes_prompts:
+            if self.num_classes is None:
+                raise ValueError(
+                    f"guidance_scale={w:g} needs an unconditional branch, but this {type(self).__name__} is "
+                    "unconditional: leave guidance_scale at 1."
+                )
+            if self.null_class is None:
+                raise ValueError(
+                    f"guidance_scale={w:g} needs the unconditional branch of this class-conditional model: set "
+                    f"null_class, the label it was trained with for 'no class' (DiT, U-ViT: {self.num_classes})."
+                )
+        self.guidance_scale = w
 
     @property
     def last_layer_module(self) -> nn.Module:
@@ -98,7 +224,7 @@ class DiffusionAdapter(nn.Module):
     def sample(
         self,
         seeds: torch.Tensor,
-        classes: torch.Tensor | None = None,
+        classes: torch.Tensor | Condition | None = None,
         steps: int | None = None,
         weights: LastLayerWeights | None = None,
     ) -> torch.Tensor:
@@ -106,13 +232,96 @@ class DiffusionAdapter(nn.Module):
 
         Args:
             seeds: one seed per sample; its initial noise and sampler noise come from it alone.
-            classes: class labels for conditional models.
+            classes: class labels for conditional models, or a ``Condition`` (prompts for text models).
             steps: number of sampler steps (the adapter's default when ``None``).
             weights: last-layer weights to sample with (``None``: the pretrained ones).
         """
-        if self.num_classes is not None and classes is None:
+        condition = self.condition_of(classes, len(seeds))
+        return self._sample_with_weights(seeds, condition, steps, weights)
+
+    def condition_of(self, classes: torch.Tensor | Condition | None, batch: int) -> Condition | None:
+        """The sampling ``Condition`` of class labels (or of a ``Condition``), checked against the model.
+
+        Raises:
+            ValueError: a class-conditional model without classes, a text model without prompts, or
+                prompts for a model that takes none.
+        """
+        condition = Condition(torch.as_tensor(classes)) if isinstance(classes, torch.Tensor) else classes
+        if condition is not None and len(condition) != batch:
+            raise ValueError(f"{batch} seeds but a condition of {len(condition)} samples.")
+        if self.takes_prompts:
+            if condition is None or condition.prompts is None:
+                raise ValueError(
+                    f"This {type(self).__name__} is conditioned on text: give prompts (genunc_lightning.data."
+                    "PromptDataModule, or Condition(ids, prompts=...))."
+                )
+            return condition
+        if condition is not None and condition.prompts is not None:
+            raise ValueError(
+                f"This {type(self).__name__} takes no prompts ({'class labels' if self.num_classes else 'no condition'}"
+                "): use SeedDataModule, or a text model's adapter (DiffusersAdapter.from_pipeline)."
+            )
+        if self.num_classes is None:
+            return None
+        if condition is None:
             raise ValueError(f"This model is class-conditional ({self.num_classes} classes): pass classes.")
-        return self._sample_with_weights(seeds, classes, steps, weights)
+        return condition
+
+    def encode_prompts(self, prompts: list[str]) -> Any:
+        """The network's conditioning for ``prompts``: a tensor [P, ...] or a dict of them (text families)."""
+        raise NotImplementedError(f"{type(self).__name__} is not conditioned on text.")
+
+    def network_condition(self, condition: Condition | None, unconditional: bool = False) -> Any:
+        """What the network is called with for ``condition`` (or for its unconditional branch).
+
+        Class labels (or the null class) for class-conditional models; for text models, the encoded
+        prompts (or negative prompts: the condition's, else the adapter's ``negative_prompt``, else the
+        empty prompt), each distinct text encoded once and kept.
+        """
+        if condition is None:
+            return None
+        if not self.takes_prompts:
+            return torch.full_like(condition.ids, self.null_class) if unconditional else condition.ids
+        default = self.negative_prompt or ""
+        texts = (condition.negative_prompts or (default,) * len(condition)) if unconditional else condition.prompts
+        return self.text_condition(texts, keep=True)
+
+    def text_condition(self, texts: Sequence[str], keep: bool = False) -> Any:
+        """The network's conditioning for ``texts``, each distinct text encoded once.
+
+        Args:
+            texts: one text per sample.
+            keep: keep the encodings for later calls (a predict run's prompts; not a training set's captions).
+        """
+        cache = self._prompt_cache if keep else {}
+        new = sorted({t for t in texts if t not in cache and t not in self._prompt_cache})
+        if new:
+            encoded = self.encode_prompts(new)
+            for i, text in enumerate(new):
+                cache[text] = _rows(encoded, torch.tensor([i]))
+        return _stack_rows([cache[t] if t in cache else self._prompt_cache[t] for t in texts])
+
+    def guided(
+        self,
+        predict: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Any,
+    ) -> torch.Tensor:
+        """``predict(x, t, conditioning)`` for a sampling ``Condition`` ``y``, with classifier-free guidance.
+
+        The two branches are two forwards of the batch as it came, not one forward of a doubled batch: a
+        batch of M weight sets' chunks reaches the last layer with its chunk boundaries where the weight
+        sets are, so both branches of a sample use its own set (``member_chunk`` cannot change a score).
+        ``y`` that is not a ``Condition`` (training, or a family's own call) is passed on as it is.
+        """
+        if not isinstance(y, Condition):
+            return predict(x, t, y)
+        conditional = predict(x, t, self.network_condition(y))
+        if self.guidance_scale == 1.0:
+            return conditional
+        unconditional = predict(x, t, self.network_condition(y, unconditional=True))
+        return unconditional + self.guidance_scale * (conditional - unconditional)
 
     def _sample_with_weights(
         self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None, weights: LastLayerWeights | None
@@ -135,7 +344,8 @@ class DiffusionAdapter(nn.Module):
         calls = []
         handle = self.last_layer_module.register_forward_hook(lambda *_: calls.append(1))
         try:
-            classes = torch.zeros(1, dtype=torch.long) if self.num_classes is not None else None
+            ids = torch.zeros(1, dtype=torch.long)
+            classes = Condition(ids, prompts=("",)) if self.takes_prompts else ids if self.num_classes else None
             self.sample(torch.zeros(1, dtype=torch.long), classes, steps=1)
         finally:
             handle.remove()
@@ -168,14 +378,38 @@ class DiffusionAdapter(nn.Module):
         The fingerprint covers the denoiser's parameters and every buffer of the adapter (e.g. the noise
         schedule), so two runs with different weights or schedules never share results.
         """
-        return {"class": type(self).__name__, "settings": scalar_settings(self), "fingerprint": fingerprint(self)}
+        settings = scalar_settings(self)
+        for key, default in GUIDANCE_DEFAULTS.items():  # at their defaults, runs of earlier versions still resume
+            if key in settings and settings[key] == default:
+                del settings[key]
+        return {"class": type(self).__name__, "settings": settings, "fingerprint": fingerprint(self)}
 
-    def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(data, class labels) of a training batch; an unconditional model drops the labels.
+    def unpack(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """(data, conditioning) of a training batch; an unconditional model drops class labels.
 
         So an ``(image, label)`` dataset such as torchvision's ``ImageFolder`` serves either kind of model.
+        A text model takes ``(image, caption)`` pairs: its conditioning is the captions, encoded by the
+        model's own text encoder (``text_condition``).
+
+        Raises:
+            ValueError: a text model given no captions, or captions for a model that takes none.
         """
         x, y = unpack_batch(batch)
+        captions = isinstance(y, (list, tuple)) and all(isinstance(c, str) for c in y)
+        if self.takes_prompts:
+            if not captions:
+                got = "no conditioning" if y is None else f"{type(y).__name__} conditioning"
+                raise ValueError(
+                    f"{type(self).__name__} is conditioned on text, but the training batches give {got}: give "
+                    "(image, caption) pairs or dicts with 'caption' (the posterior is fitted on the conditional loss)."
+                )
+            return x, self.text_condition(y)
+        if captions:
+            raise ValueError(
+                f"The training batches give captions, but {type(self).__name__} takes "
+                f"{'class labels' if self.num_classes is not None else 'no conditioning'}: use a text model's adapter "
+                "(DiffusersAdapter.from_pipeline) or drop the captions."
+            )
         return x, (y if self.num_classes is not None else None)
 
     def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -185,10 +419,15 @@ class DiffusionAdapter(nn.Module):
     def call_denoiser_checked(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
         """``call_denoiser``, with a clear error on the first call when the denoiser does not fit it.
 
+        A sampling ``Condition`` is turned into the network's conditioning here, with guidance (``guided``).
+
         Raises:
             DenoiserCallError: the first call raised a TypeError or ValueError, or returned something
                 other than a tensor with one row per input.
         """
+        return self.guided(self._call_denoiser_once_checked, x, t, y)
+
+    def _call_denoiser_once_checked(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
         if getattr(self, "_denoiser_call_checked", False):
             return self.call_denoiser(x, t, y)
         call = f"{type(self.denoiser).__name__}(x_t, t{', y' if y is not None else ''})"

@@ -44,6 +44,8 @@ class FlowMatchingAdapter(DiffusionAdapter):
         atol: dopri5 absolute tolerance.
         image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
         vae: an autoencoder for latent flow matching (see ``DiffusionAdapter``).
+        guidance_scale: classifier-free guidance w on the velocity (1: off); see ``DiffusionAdapter``.
+        null_class: the unconditional label of a guided class-conditional model.
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class FlowMatchingAdapter(DiffusionAdapter):
         atol: float = 1e-5,
         image_range: tuple[float, float] | None = None,
         vae: nn.Module | None = None,
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
     ) -> None:
-        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
         self.sampler = FlowSampler(sampler)
         if self.sampler is FlowSampler.DOPRI5:
             _require_torchdiffeq()

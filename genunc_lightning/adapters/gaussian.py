@@ -95,6 +95,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
         vae: an autoencoder for latent diffusion (see ``DiffusionAdapter``).
         ddpm_variance: ``fixed_small`` (β̃_t; DDIM with η = 1) or ``fixed_large`` (β_t) for ``ddpm``.
+        guidance_scale: classifier-free guidance w (1: off); see ``DiffusionAdapter``.
+        null_class: the unconditional label of a guided class-conditional model (U-ViT, DiT: ``num_classes``).
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         image_range: tuple[float, float] | None = None,
         vae: nn.Module | None = None,
         ddpm_variance: str = "fixed_small",
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
     ) -> None:
-        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
         self.prediction = Prediction(prediction)
         self.sampler = Sampler(sampler)
         self.ddpm_variance = DDPMVariance(ddpm_variance)

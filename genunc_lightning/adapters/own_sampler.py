@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from genunc_lightning.adapters.base import Condition, class_labels
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter
 from genunc_lightning.adapters.layers import LastLayerWeights, original_module, use_last_layer_weights
 from genunc_lightning.seeding import derive_seed
@@ -41,6 +42,8 @@ class OwnSamplerAdapter(GaussianDiffusionAdapter):
             samples must lie in ``image_range``.
     """
 
+    applies_guidance = False  # the engine / the repository's method calls the network itself
+
     fixed_steps = True  # the repository's method decides its steps: members cannot use fewer
     loops_over_weight_sets = True  # each weight set runs the method from the same RNG state (see ``sample``)
 
@@ -68,7 +71,7 @@ class OwnSamplerAdapter(GaussianDiffusionAdapter):
         return net(x, t) if y is None else net(x, t, y)
 
     def _sample_with_weights(
-        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None, weights: LastLayerWeights | None
+        self, seeds: torch.Tensor, classes: Condition | None, steps: int | None, weights: LastLayerWeights | None
     ) -> torch.Tensor:
         """Runs the repository's method once per weight set, each time from the same seeded RNG state.
 
@@ -90,7 +93,7 @@ class OwnSamplerAdapter(GaussianDiffusionAdapter):
             for m in range(members)
         ])  # fmt: skip
 
-    def _sample_batch(self, seeds: torch.Tensor, classes: torch.Tensor | None, weights: LastLayerWeights | None):
+    def _sample_batch(self, seeds: torch.Tensor, classes: Condition | None, weights: LastLayerWeights | None):
         module = original_module(self.denoiser)
         method = getattr(module, self.sample_method) if self.sample_method != "forward" else self.denoiser
         device = next(module.parameters()).device
@@ -98,7 +101,7 @@ class OwnSamplerAdapter(GaussianDiffusionAdapter):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed)
             with use_last_layer_weights(self.last_layer_module, weights):
-                x = method(len(seeds)) if classes is None else method(len(seeds), classes.to(device))
+                x = method(len(seeds)) if classes is None else method(len(seeds), class_labels(classes).to(device))
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != (len(seeds), *self.sample_shape):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter, require_interface
+from genunc_lightning.adapters.base import Condition, DiffusionAdapter, class_labels, require_interface
 from genunc_lightning.adapters.samplers import NoiseSource, append_dims, sample_euler_sigmas
 
 
@@ -39,6 +39,8 @@ class SGMAdapter(DiffusionAdapter):
         class_key: the batch key of class labels for the conditioner.
         steps: sampling steps.
     """
+
+    applies_guidance = False  # the engine / the repository's method calls the network itself
 
     def __init__(
         self,
@@ -83,13 +85,13 @@ class SGMAdapter(DiffusionAdapter):
         c_out = engine.denoiser.scaling(sb)[1]
         return (self.denoise(x0 + sb * noise, sigma, cond) - x0) / c_out
 
-    def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
+    def _sample(self, seeds: torch.Tensor, classes: Condition | None, steps: int | None) -> torch.Tensor:
         noise = NoiseSource.like(seeds, self.denoiser)
         sigmas = self.sigmas.to(noise.device, noise.dtype)
         idx = torch.linspace(len(sigmas) - 1, 0, steps or self.steps, dtype=torch.float64).round().long().tolist()
         schedule = [sigmas[i] for i in idx] + [torch.zeros((), device=noise.device, dtype=noise.dtype)]
         x = noise(*self.sample_shape) * math.sqrt(1 + float(schedule[0]) ** 2)
-        cond = self.conditioning(classes.to(noise.device) if classes is not None else None, x.shape[0])
+        cond = self.conditioning(class_labels(classes).to(noise.device) if classes is not None else None, x.shape[0])
         return sample_euler_sigmas(lambda z, s: self.denoise(z, s, cond), x, schedule)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Splits a training batch into (data, class labels or None).
 
     Accepts a tensor, an ``(x, y)`` or ``(x,)`` sequence, or a mapping with ``x``/``image``/``images``
-    and optionally ``y``/``label``/``labels``/``class_labels``.
+    and optionally ``y``/``label``/``labels``/``class_labels`` (or, for text models,
+    ``caption``/``captions``/``text``/``prompt``).
     """
     if isinstance(batch, torch.Tensor):
         return batch, None
@@ -20,7 +21,8 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = next((batch[k] for k in ("x", "image", "images", "sample") if k in batch), None)
         if x is None:
             raise KeyError(f"Batch mapping has keys {sorted(batch)}; expected one of x, image, images, sample.")
-        y = next((batch[k] for k in ("y", "label", "labels", "class_labels") if k in batch), None)
+        y = next((batch[k] for k in ("y", "label", "labels", "class_labels", "caption", "captions", "text", "prompt")
+                  if k in batch), None)  # fmt: skip
         return x, y
     if isinstance(batch, Sequence) and len(batch) in (1, 2):
         return batch[0], (batch[1] if len(batch) == 2 else None)

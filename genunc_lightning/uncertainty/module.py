@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
-from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.base import Condition, DiffusionAdapter
 from genunc_lightning.adapters.layers import LastLayerMembers
 from genunc_lightning.data.predict import UNCONDITIONAL, collate_check
 from genunc_lightning.interrupts import StopsOnSigterm
@@ -72,6 +72,8 @@ class GenerativeUncertaintyModule(StopsOnSigterm, LightningModule):
         temperature: overrides the posterior's temperature (0 gives zero variance).
         save_variance_maps: return per-pixel variance maps of the pixel likelihood.
         baselines: extra scores for the same samples (``BayesDiff``, ``AleatoricUncertainty``).
+        guidance_scale: classifier-free guidance w for the kept sample and every member (``None``: the
+            adapter's own, 1 unless it was given one; see ``DiffusionAdapter``).
     """
 
     def __init__(
@@ -90,8 +92,11 @@ class GenerativeUncertaintyModule(StopsOnSigterm, LightningModule):
         save_variance_maps: bool = False,
         baselines: list[BaselineScore] | None = None,
         pretrained_member: str = "kept",
+        guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
+        if guidance_scale is not None:
+            adapter.set_guidance(guidance_scale)
         if pretrained_member not in PRETRAINED_MEMBER_CHOICES:
             raise ValueError(
                 f"pretrained_member must be one of {', '.join(PRETRAINED_MEMBER_CHOICES)}, got {pretrained_member!r}."
@@ -241,23 +246,41 @@ class GenerativeUncertaintyModule(StopsOnSigterm, LightningModule):
             return kept, members if self.include_pretrained else members[1:]
         return kept, torch.cat([kept[None], members]) if self.include_pretrained else members
 
+    def condition(self, batch: dict[str, Any], index: torch.Tensor, classes: torch.Tensor) -> Condition | None:
+        """The batch's sampling ``Condition``: its classes, or its prompts for a text model (checked)."""
+        prompts, negatives = batch.get("prompt"), batch.get("negative_prompt")
+        if self.adapter.takes_prompts or prompts is not None:
+            if not self.adapter.takes_prompts:
+                raise ValueError(
+                    f"The predict data gives prompts, but {type(self.adapter).__name__} takes none: use SeedDataModule "
+                    "(classes or nothing), or a text model's adapter (DiffusersAdapter.from_pipeline)."
+                )
+            if prompts is None:
+                raise ValueError(
+                    f"{type(self.adapter).__name__} is conditioned on text, but the predict data gives no prompts: use "
+                    "genunc_lightning.data.PromptDataModule(prompts=[...])."
+                )
+            return Condition(classes.to(self.device), tuple(prompts), tuple(negatives) if negatives else None)
+        num_classes = self.adapter.num_classes
+        if num_classes is None:
+            return None
+        bad = (classes < 0) | (classes >= num_classes)
+        if bad.any():
+            given = sorted(set(classes[bad].tolist()))[:5]
+            hint = ("the data gives none: set data.num_classes" if UNCONDITIONAL in given
+                    else "set data.num_classes or data.classes to match the model")  # fmt: skip
+            raise ValueError(
+                f"The model is class-conditional with {num_classes} classes (0 … {num_classes - 1}), but samples "
+                f"{index[bad][:5].tolist()} ask for classes {given}: {hint}."
+            )
+        return Condition(classes.to(self.device))
+
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> ScoredPrediction:
         """Samples, members and scores for one batch of ``{"index", "seed", "class"}``."""
         index, seeds, classes = collate_check(batch)
-        num_classes = self.adapter.num_classes
-        if num_classes is None:
-            cond, classes = None, torch.full_like(classes, UNCONDITIONAL)  # the table records what was used
-        else:
-            bad = (classes < 0) | (classes >= num_classes)
-            if bad.any():
-                given = sorted(set(classes[bad].tolist()))[:5]
-                hint = ("the data gives none: set data.num_classes" if UNCONDITIONAL in given
-                        else "set data.num_classes or data.classes to match the model")  # fmt: skip
-                raise ValueError(
-                    f"The model is class-conditional with {num_classes} classes (0 … {num_classes - 1}), but samples "
-                    f"{index[bad][:5].tolist()} ask for classes {given}: {hint}."
-                )
-            cond = classes.to(self.device)
+        cond = self.condition(batch, index, classes)
+        if cond is None:
+            classes = torch.full_like(classes, UNCONDITIONAL)  # the table records what was used
         kept, members = self.generate_scored(seeds, cond)
         if not torch.isfinite(kept).all():
             bad = index[~torch.isfinite(kept.flatten(1)).all(1).cpu()][:10].tolist()
