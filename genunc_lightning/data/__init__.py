@@ -2,7 +2,7 @@
 
 from genunc_lightning.data.datamodule import DiffusionDataModule, IndexedSubset, subset_indices
 from genunc_lightning.data.digits import DigitsDataset
-from genunc_lightning.data.predict import SeedDataModule, SeedDataset
+from genunc_lightning.data.predict import PromptDataModule, PromptDataset, SeedDataModule, SeedDataset
 from genunc_lightning.data.toy import GaussianGrid2D
 
 __all__ = [
@@ -10,6 +10,8 @@ __all__ = [
     "DigitsDataset",
     "GaussianGrid2D",
     "IndexedSubset",
+    "PromptDataModule",
+    "PromptDataset",
     "SeedDataModule",
     "SeedDataset",
     "subset_indices",

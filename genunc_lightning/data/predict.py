@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,6 +116,99 @@ class SeedDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The samples still to generate, in index order."""
         dataset = SeedDataset(self.num_samples, self.seed, self.num_classes, self.classes, self.skip_indices)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """The prompts of a text file, one per line (blank lines skipped), with a clear error when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts_file {str(path)!r} does not exist: give a text file, one prompt per line.")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prompts_fingerprint(prompts: Sequence[str]) -> str:
+    """SHA-256 of a prompt list, in order (a run's identity records it; its file ``prompts.json`` holds the text)."""
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
+
+
+class PromptDataset(SeedDataset):
+    """Items ``{"index", "seed", "class", "prompt"}``: sample i asks for prompt ``i // samples_per_prompt``.
+
+    ``class`` is the prompt's position in the list, so shards, DDP and resumes carry one integer per
+    sample as for class labels; sample i's seed is ``derive_seed(seed, i)`` as for ``SeedDataset``.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        samples_per_prompt: int,
+        seed: int = 0,
+        negative_prompt: str | None = None,
+        skip: Iterable[int] = (),
+    ) -> None:
+        super().__init__(len(prompts) * samples_per_prompt, seed, skip=skip)
+        self.prompts, self.samples_per_prompt, self.negative_prompt = list(prompts), samples_per_prompt, negative_prompt
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        position = index // self.samples_per_prompt
+        item = {"index": index, "seed": derive_seed(self.seed, index), "class": position,
+                "prompt": self.prompts[position]}  # fmt: skip
+        if self.negative_prompt is not None:
+            item["negative_prompt"] = self.negative_prompt
+        return item
+
+
+class PromptDataModule(SeedDataModule):
+    """The predict data of a text model: N samples per prompt, each with its own seed.
+
+    Sample i asks for prompt ``i // samples_per_prompt`` (so a prompt's samples are consecutive) with seed
+    ``derive_seed(seed, i)``; its row in ``scores.csv`` has the prompt's position (``class``) and text
+    (``prompt``). The prompt list's fingerprint is part of the run's identity.
+
+    Args:
+        prompts: the prompts (or ``prompts_file``: a text file, one prompt per line).
+        samples_per_prompt: N, the samples drawn for each prompt.
+        batch_size: samples per batch (results do not depend on it).
+        seed: base seed of the samples' seeds.
+        negative_prompt: the unconditional branch's prompt under guidance (``None``: the empty prompt).
+        prompts_file: a text file of prompts, instead of ``prompts``.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        prompts: list[str] | None = None,
+        samples_per_prompt: int = 4,
+        batch_size: int = 8,
+        seed: int = 0,
+        negative_prompt: str | None = None,
+        prompts_file: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        if (prompts is None) == (prompts_file is None):
+            raise ValueError("Give the prompts either as prompts=[...] or as prompts_file=<one per line>, not both.")
+        prompts = read_prompts_file(prompts_file) if prompts_file is not None else [str(p) for p in prompts]
+        if not prompts:
+            where = f"prompts_file {prompts_file!r} holds" if prompts_file is not None else "prompts is"
+            raise ValueError(f"The prompt list is empty ({where} no prompt): give at least one prompt.")
+        if isinstance(samples_per_prompt, bool) or not float(samples_per_prompt).is_integer() or samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be a positive whole number, got {samples_per_prompt!r}.")
+        self.prompts, self.samples_per_prompt = prompts, int(samples_per_prompt)
+        self.negative_prompt = negative_prompt
+        super().__init__(len(prompts) * self.samples_per_prompt, batch_size, seed, num_workers=num_workers)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """What must match for two runs to share results: the prompts (by fingerprint), N, the seed."""
+        return {"seed": self.seed, "prompts": prompts_fingerprint(self.prompts), "num_prompts": len(self.prompts),
+                "samples_per_prompt": self.samples_per_prompt, "negative_prompt": self.negative_prompt}  # fmt: skip
+
+    def predict_dataloader(self) -> DataLoader:
+        """The samples still to generate, in index order."""
+        dataset = PromptDataset(
+            self.prompts, self.samples_per_prompt, self.seed, self.negative_prompt, self.skip_indices
+        )
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
 

@@ -32,6 +32,8 @@ LOCK = ".lock"
 SHARD_FORMAT = "genunc-lightning/scored-shard"
 RUN_FORMAT = "genunc-lightning/predict-run"
 TABLE_COLUMNS = ("index", "seed", "class")
+PROMPTS = "prompts.json"  # a prompt run's prompt list, in order: row i's prompt is prompts[class_i]
+TEXT_COLUMNS = ("prompt",)  # table columns of text, not numbers
 PER_SAMPLE_TENSORS = ("sample", "variance_map")  # the large columns; the rest make the scores table
 
 _NEW_RUN = "Re-run `genunc predict` into a new output_dir, or delete this one."
@@ -90,6 +92,8 @@ def first_missing(index: torch.Tensor, num_samples: int, limit: int = 10) -> tup
 def read_scores(directory: str | Path) -> dict[str, torch.Tensor]:
     """The merged scores table of a run directory as columns (``index``, ``seed``, ``class``, scores).
 
+    Text columns (a prompt run's ``prompt``) are left out: ``read_prompts`` gives the prompts.
+
     Raises:
         FileNotFoundError: no table.
         RunDirectoryError: an empty table, a short row, or a value that is not a number (naming the row).
@@ -109,6 +113,8 @@ def read_scores(directory: str | Path) -> dict[str, torch.Tensor]:
         if len(row) != len(header):
             raise RunDirectoryError(f"{path}, line {line}: {len(row)} values for {len(header)} columns. {_RERUN}")
         for name, value in zip(header, row, strict=True):
+            if name in TEXT_COLUMNS:
+                continue
             try:
                 cols[name].append(int(value) if name in TABLE_COLUMNS else float(value))
             except ValueError:
@@ -118,7 +124,26 @@ def read_scores(directory: str | Path) -> dict[str, torch.Tensor]:
     return {
         name: torch.tensor(values, dtype=torch.long if name in TABLE_COLUMNS else torch.float64)
         for name, values in cols.items()
+        if name not in TEXT_COLUMNS
     }
+
+
+def read_prompts(directory: str | Path) -> list[str] | None:
+    """A prompt run's prompt list (``prompts.json``; row i's prompt is ``prompts[class_i]``), else ``None``.
+
+    Raises:
+        RunDirectoryError: the file is not a JSON list of strings.
+    """
+    path = Path(directory) / PROMPTS
+    if not path.is_file():
+        return None
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RunDirectoryError(f"{path} is not valid JSON ({err}). {_RERUN}") from None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise RunDirectoryError(f"{path} is not a list of prompts. {_RERUN}")
+    return prompts
 
 
 class RunShards:

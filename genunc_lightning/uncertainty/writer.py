@@ -8,7 +8,10 @@ A predict run directory holds (the format, and its checked readers, are in ``run
 - ``shards/shard-<first>-<last>-<uid>.safetensors``: one per batch and rank, written atomically:
   ``index``, ``seed``, ``class``, ``score.<name>`` and (optionally) ``sample`` and ``variance_map``,
   with the ``run_id`` of the run that wrote it.
-- ``scores.csv``: every index exactly once, sorted: ``index,seed,class,<score columns>``.
+- ``scores.csv``: every index exactly once, sorted: ``index,seed,class,<score columns>``; a prompt run
+  (``PromptDataModule``) has ``index,seed,class,prompt,<score columns>``, ``class`` the prompt's
+  position and ``prompt`` its text (CSV-quoted).
+- ``prompts.json``: a prompt run's prompt list, in order.
 - ``images/<index>.png`` when ``save_png`` is on (image samples only).
 
 A re-run of the same command reads the shards, drops unreadable (e.g. truncated) ones and those of
@@ -20,7 +23,6 @@ that fails before it has written any shard leaves the directory as it found it.
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import io
 import json
@@ -38,11 +40,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from genunc_lightning.data.predict import missing_indices
-from genunc_lightning.io import atomic_path, save_safetensors_atomic, write_text_atomic
+from genunc_lightning.io import atomic_path, save_safetensors_atomic, write_csv_atomic, write_text_atomic
 from genunc_lightning.uncertainty.prediction import ScoredPrediction, check_prediction
 from genunc_lightning.uncertainty.run_directory import (
     LOCK,
     MANIFEST,
+    PROMPTS,
     RUN_FORMAT,
     SCORES,
     SHARD_FORMAT,
@@ -51,6 +54,7 @@ from genunc_lightning.uncertainty.run_directory import (
     RunShards,
     first_missing,
     read_manifest,
+    read_prompts,
     read_scores,
     read_shards,
     run_id,
@@ -188,6 +192,9 @@ class ScoredSampleWriter(BasePredictionWriter):
                 "complete": False,
             }
             write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+            prompts = getattr(trainer.datamodule, "prompts", None)
+            if prompts is not None:
+                write_text_atomic(self.output_dir / PROMPTS, json.dumps(list(prompts), ensure_ascii=False, indent=1))
             if finished:
                 # Lightning runs no predict hook for an empty loader, so the table is (re)built here.
                 rank_zero_info(f"{self.output_dir} holds every sample already; rebuilding {SCORES}.")
@@ -348,14 +355,17 @@ class ScoredSampleWriter(BasePredictionWriter):
             if count:
                 raise RunDirectoryError(f"{count} indices are missing (first: {first}); re-run to finish.")
         score_names = sorted(k for k in cols if k.startswith("score."))
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["index", "seed", "class", *[k[len("score.") :] for k in score_names]])
+        prompts = read_prompts(self.output_dir)
+        text = ["prompt"] if prompts is not None else []
         columns = [cols["index"][order], cols["seed"][order], cols["class"][order]]
         columns += [cols[k][order] for k in score_names]
-        for row in zip(*[c.tolist() for c in columns], strict=True):
-            writer.writerow([row[0], row[1], row[2], *[repr(float(v)) for v in row[3:]]])
-        path = write_text_atomic(self.output_dir / SCORES, buf.getvalue())
+        rows = (
+            [row[0], row[1], row[2], *([prompts[row[2]]] if prompts is not None else []),
+             *[repr(float(v)) for v in row[3:]]]
+            for row in zip(*[c.tolist() for c in columns], strict=True)
+        )  # fmt: skip
+        header = ["index", "seed", "class", *text, *[k[len("score.") :] for k in score_names]]
+        path = write_csv_atomic(self.output_dir / SCORES, header, rows)
         manifest = read_manifest(self.output_dir)
         manifest.update({"complete": True, "num_written": int(index.numel())})
         write_text_atomic(self.output_dir / MANIFEST, json.dumps(manifest, indent=2))
