@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,20 @@ def _require_diffusers() -> Any:
     return diffusers
 
 
+def _stable_diffusion_prompts(pipe: Any) -> Callable[[list[str]], dict[str, Any]]:
+    """Stable Diffusion's own prompt encoding (``pipe.encode_prompt``), as the UNet's keyword arguments.
+
+    The pipeline encodes a negative prompt (the empty one by default) the way it encodes a prompt, so
+    the unconditional branch's texts go through the same function.
+    """
+
+    def encode(prompts: list[str]) -> dict[str, Any]:
+        device = next(pipe.unet.parameters()).device
+        return {"encoder_hidden_states": pipe.encode_prompt(prompts, device, 1, False)[0]}
+
+    return encode
+
+
 class DiffusersAdapter(DiffusionAdapter):
     """Adapter for diffusers' UNet2DModel, UNet2DConditionModel and DiTTransformer2DModel.
 
@@ -56,6 +70,12 @@ class DiffusersAdapter(DiffusionAdapter):
             [1, tokens, dim] (e.g. the embedding of an empty prompt).
         vae: an ``AutoencoderKL`` for latent models, or ``None``.
         image_range: pixel range of the data (of the VAE's output for latent models).
+        guidance_scale: classifier-free guidance w (1: off); see ``DiffusionAdapter``.
+        null_class: the unconditional label of a guided class-conditional model (DiT: ``num_classes``).
+        prompt_encoder: for a text model, a function from a list of P prompts to the network's keyword
+            arguments for them, each a tensor [P, ...] (or a dict of such tensors): for Stable Diffusion
+            ``{"encoder_hidden_states": embeddings}``. ``from_pipeline`` builds it from the pipeline's
+            own ``encode_prompt``.
     """
 
     def __init__(
@@ -69,20 +89,29 @@ class DiffusersAdapter(DiffusionAdapter):
         encoder_hidden_states: torch.Tensor | None = None,
         vae: nn.Module | None = None,
         image_range: tuple[float, float] = (-1.0, 1.0),
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
+        prompt_encoder: Callable[[list[str]], dict[str, Any]] | None = None,
     ) -> None:
         _require_diffusers()
+        self._prompt_encoder = prompt_encoder  # before the base checks guidance against takes_prompts
         kind = type(denoiser).__name__
         if last_layer is None:
             if kind not in DEFAULT_LAST_LAYER:
                 raise ValueError(f"Name the last layer of a {kind}: defaults exist for {sorted(DEFAULT_LAST_LAYER)}.")
             last_layer = DEFAULT_LAST_LAYER[kind]
-        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae)
+        if prompt_encoder is not None and (num_classes is not None or encoder_hidden_states is not None):
+            raise ValueError("A text model's adapter takes prompts: leave num_classes and encoder_hidden_states unset.")
+        super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
         if type(scheduler).__name__ not in SUPPORTED_SCHEDULERS:
             raise ValueError(
                 f"{type(scheduler).__name__} is not supported; supported schedulers: {', '.join(SUPPORTED_SCHEDULERS)}."
             )
-        if kind == "UNet2DConditionModel" and encoder_hidden_states is None:
-            raise ValueError("A UNet2DConditionModel needs encoder_hidden_states (e.g. an empty prompt's embedding).")
+        if kind == "UNet2DConditionModel" and encoder_hidden_states is None and prompt_encoder is None:
+            raise ValueError(
+                "A UNet2DConditionModel needs prompts (DiffusersAdapter.from_pipeline(pipe)) or fixed "
+                "encoder_hidden_states (e.g. an empty prompt's embedding)."
+            )
         self.scheduler = scheduler
         self.steps = int(steps)
         self.prediction_type = scheduler.config.prediction_type
@@ -95,10 +124,98 @@ class DiffusersAdapter(DiffusionAdapter):
         self.prediction_channels = in_ch if out_ch == 2 * in_ch else None
         self._step_takes_noise = "variance_noise" in inspect.signature(scheduler.step).parameters
 
-    def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The model's prediction (the first half of the channels when it learns its variance)."""
+    @classmethod
+    def from_pipeline(
+        cls,
+        pipe: Any,
+        guidance_scale: float = 1.0,
+        steps: int = 50,
+        negative_prompt: str | None = None,
+        last_layer: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> DiffusersAdapter:
+        """The adapter of a diffusers pipeline: its own network, scheduler, VAE and prompt encoding.
+
+        A kept sample equals the pipeline's own output for the same prompt (or class), guidance, steps
+        and ``generator=torch.Generator().manual_seed(seed)``, with ``seed`` the value in the sample's
+        row of ``scores.csv``, so a flagged sample can be regenerated with the user's own pipeline.
+
+        Pipelines: ``DDPMPipeline`` / ``DDIMPipeline`` (unconditional), ``StableDiffusionPipeline``
+        (text) and ``DiTPipeline`` (classes, null class ``num_classes``).
+
+        Args:
+            pipe: the pipeline.
+            guidance_scale: classifier-free guidance w; as the pipelines do, w ≤ 1 means none (give 1 or > 1).
+            steps: the pipeline's ``num_inference_steps``.
+            negative_prompt: the default negative prompt of a text model (``PromptDataModule``'s, if it gives
+                one, applies instead).
+            last_layer: the Bayesian layer (default: the network family's).
+            height: image height in pixels (default: the pipeline's).
+            width: image width in pixels (default: the pipeline's).
+
+        Raises:
+            TypeError: ``pipe`` is not a pipeline of a supported kind.
+        """
+        kind = type(pipe).__name__
+        scheduler, vae = getattr(pipe, "scheduler", None), getattr(pipe, "vae", None)
+        network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if network is None or scheduler is None:
+            raise TypeError(
+                f"{kind} is not a diffusers pipeline with a unet or transformer and a scheduler: pass the pipeline "
+                "itself (e.g. StableDiffusionPipeline.from_pretrained(path)), or build DiffusersAdapter(network, "
+                "scheduler, sample_shape)."
+            )
+        if 0 < guidance_scale < 1 or guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale={guidance_scale:g}: diffusers pipelines treat a scale <= 1 as no guidance, so the "
+                "kept sample could not equal the pipeline's. Give 1 (no guidance) or a scale > 1."
+            )
+        w = float(guidance_scale) if guidance_scale > 1 else 1.0
+        config = network.config
+        channels = config.in_channels
+        size = config.sample_size
+        if vae is not None:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            shape = (channels, (height or size * factor) // factor, (width or size * factor) // factor)
+        else:
+            shape = (channels, height or size, width or size)
+        common = dict(sample_shape=shape, last_layer=last_layer, steps=steps, vae=vae, guidance_scale=w)
+        if kind in ("DDPMPipeline", "DDIMPipeline"):
+            return cls(network, scheduler, **common)
+        if kind == "DiTPipeline":
+            classes = config.num_embeds_ada_norm
+            return cls(network, scheduler, num_classes=classes, null_class=classes, **common)
+        if kind == "StableDiffusionPipeline":
+            adapter = cls(network, scheduler, prompt_encoder=_stable_diffusion_prompts(pipe), **common)
+            adapter.negative_prompt = negative_prompt
+            return adapter
+        raise TypeError(
+            f"{kind} is not supported by from_pipeline yet; supported: DDPMPipeline, DDIMPipeline, DiTPipeline, "
+            "StableDiffusionPipeline. Build DiffusersAdapter(network, scheduler, sample_shape, prompt_encoder=...)."
+        )
+
+    @property
+    def takes_prompts(self) -> bool:  # type: ignore[override]
+        """Whether the network is conditioned on text (a ``prompt_encoder`` was given)."""
+        return self._prompt_encoder is not None
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, Any]:
+        """The network's keyword arguments for ``prompts`` (``prompt_encoder``'s output)."""
+        if self._prompt_encoder is None:
+            return super().encode_prompts(prompts)
+        with torch.no_grad():
+            return self._prompt_encoder(list(prompts))
+
+    def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
+        """The model's prediction (the first half of the channels when it learns its variance).
+
+        ``y`` is class labels, or a text model's keyword arguments (``encode_prompts``), or ``None``.
+        """
         kwargs: dict[str, Any] = {}
-        if y is not None:
+        if isinstance(y, dict):
+            kwargs.update(y)
+        elif y is not None:
             kwargs["class_labels"] = y
         if self.encoder_hidden_states is not None:
             ehs = self.encoder_hidden_states.to(x.dtype)
