@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -9,13 +10,13 @@ import torch
 from genunc_lightning.io import atomic_path
 
 
-def _figure(ncols: int = 1, width: float = 4.5, height: float = 3.5):  # noqa: ANN202
+def _figure(ncols: int = 1, width: float = 4.5, height: float = 3.5, nrows: int = 1):  # noqa: ANN202
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, *plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return plt, *plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
 
 
 def _save(plt, fig, path: Path) -> None:  # noqa: ANN001
@@ -79,6 +80,25 @@ def extremes(samples: torch.Tensor, values: torch.Tensor, higher_is_better: bool
         axes[0][0].set_title(f"samples coloured by {title}")
     else:
         return
+    _save(plt, fig, path)
+
+
+def gallery(images: torch.Tensor, values: torch.Tensor, caption: str, path: Path, columns: int = 8) -> None:
+    """One prompt's samples in the order given (best first), each titled with its score, the prompt above."""
+    import textwrap
+
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    plt, fig, axes = _figure(columns, 1.3, 1.6, nrows=rows)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, value in zip(axes.flat, images, values, strict=False):
+        picture = image.float().clamp(0, 1).permute(1, 2, 0).numpy()
+        ax.imshow(
+            picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray" if picture.shape[-1] == 1 else None
+        )
+        ax.set_title(f"{float(value):.4g}", fontsize=7)
+    fig.suptitle(textwrap.shorten(caption, 120), fontsize=8)
     _save(plt, fig, path)
 
 

@@ -57,7 +57,7 @@ from genunc_lightning.evaluation.selection import (
     random_kept_sets,
 )
 from genunc_lightning.fingerprints import manifest_entry_of, scalar_settings
-from genunc_lightning.io import save_safetensors_atomic
+from genunc_lightning.io import save_safetensors_atomic, write_csv_atomic, write_text_atomic
 from genunc_lightning.metrics import functional as MF
 from genunc_lightning.uncertainty.run_directory import (
     SCORES,
@@ -67,6 +67,7 @@ from genunc_lightning.uncertainty.run_directory import (
     RunShards,
     first_missing,
     read_manifest,
+    read_prompts,
     read_scores,
     run_id,
 )
@@ -208,12 +209,16 @@ class Evaluation:
             samples of the same run settings.
         alpha: the failure rate allowed among kept samples.
         delta: the probability that the guarantee fails.
+        reject_fraction: without a reference: the share of each prompt's samples to reject (its most
+            uncertain), per score.
+        reject_threshold: without a reference: instead, a threshold per score (``{name: value}``); samples
+            beyond it are rejected.
     """
 
     def __init__(
         self,
         run_dir: str,
-        reference: Dataset,
+        reference: Dataset | None = None,
         feature_extractor: nn.Module | None = None,
         reference_range: tuple[float, float] | None = None,
         keep: int | float = 0.8333333333333334,
@@ -235,8 +240,13 @@ class Evaluation:
         labels: str | None = None,
         alpha: float = 0.1,
         delta: float = 0.1,
+        reject_fraction: float | None = 0.2,
+        reject_threshold: dict[str, float] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        if reject_threshold is not None:
+            reject_fraction = None
+        self.reject_fraction, self.reject_threshold = reject_fraction, reject_threshold
         self.reference = reference
         self.feature_extractor = feature_extractor
         self.reference_range = reference_range
@@ -258,6 +268,108 @@ class Evaluation:
         self.floor_draws = floor_draws
         self.labels = Path(labels) if labels is not None else None
         self.alpha, self.delta = alpha, delta
+
+    # -- without a reference: ranking within prompts ---------------------------------------
+
+    def rank_within_prompts(self, table: dict[str, torch.Tensor], samples: RunSamples) -> dict[str, Any]:
+        """Per prompt (or class): each score's ranking, reject list and best of N, and a gallery per prompt.
+
+        Writes ``prompt_rankings.csv`` (every sample: its prompt, and per score its value, rank within its
+        prompt and whether it is rejected), ``rejected.csv``, ``best_of_n.csv``, ``galleries/<score>/
+        prompt_<k>.png`` (a prompt's samples sorted by score, captioned with the prompt and each score),
+        ``evaluation.json`` and ``evaluation.md``.
+        """
+        from genunc_lightning import plots
+        from genunc_lightning.evaluation.prompt_sets import best_of_n, ranks_within_groups, rejected
+
+        prompts = read_prompts(self.run_dir)
+        groups = table["class"]
+        names = [c for c in table if c not in TABLE_COLUMNS and (self.scores is None or c in self.scores)]
+        if not names:
+            raise EvaluationError(
+                f"{self.run_dir} has no score columns to rank by{' of ' + str(self.scores) if self.scores else ''}."
+            )
+        unknown = sorted(set(self.reject_threshold or {}) - set(names))
+        if unknown:
+            raise EvaluationError(
+                f"reject_threshold names {unknown}, which are not score columns of {self.run_dir}: {names}."
+            )
+
+        def label(g: int) -> str:
+            return prompts[g] if prompts is not None else ("all samples" if g < 0 else f"class {g}")
+
+        out = self.output_dir
+        per_score = {}
+        for name in names:
+            higher = name in HIGHER_IS_BETTER
+            values = table[name]
+            threshold = (self.reject_threshold or {}).get(name) if self.reject_threshold else None
+            fraction = None if self.reject_threshold else self.reject_fraction
+            if threshold is None and fraction is None:
+                fraction = 0.0
+            per_score[name] = {
+                "ranks": ranks_within_groups(values, groups, higher),
+                "rejected": rejected(values, groups, fraction, threshold, higher),
+                "best": best_of_n(values, groups, higher),
+                "rule": {"fraction": fraction} if threshold is None else {"threshold": threshold},
+            }
+        header = ["index", "seed", "class", "prompt"]
+        for name in names:
+            header += [name, f"{name}_rank", f"{name}_rejected"]
+        rows = []
+        for i in range(len(groups)):
+            row = [int(table["index"][i]), int(table["seed"][i]), int(groups[i]), label(int(groups[i]))]
+            for name in names:
+                p = per_score[name]
+                row += [repr(float(table[name][i])), int(p["ranks"][i]), int(p["rejected"][i])]
+            rows.append(row)
+        write_csv_atomic(out / "prompt_rankings.csv", header, rows)
+        write_csv_atomic(out / "rejected.csv", ["score", "index", "seed", "class", "prompt", "value"], [
+            [name, int(table["index"][i]), int(table["seed"][i]), int(groups[i]), label(int(groups[i])),
+             repr(float(table[name][i]))]
+            for name in names for i in per_score[name]["rejected"].nonzero().flatten().tolist()
+        ])  # fmt: skip
+        best_rows = []
+        for g in sorted(per_score[names[0]]["best"]):
+            row = [g, label(g)]
+            for name in names:
+                i = per_score[name]["best"][g]
+                row += [int(table["index"][i]), int(table["seed"][i]), repr(float(table[name][i]))]
+            best_rows.append(row)
+        best_header = ["class", "prompt", *[f"{name}_{c}" for name in names for c in ("index", "seed", "value")]]
+        write_csv_atomic(out / "best_of_n.csv", best_header, best_rows)
+        if samples.dim() == 4:
+            for name in names:
+                for g in groups.unique().tolist():
+                    members = (groups == g).nonzero().flatten()
+                    order = members[per_score[name]["ranks"][members].argsort()]
+                    safe = name.replace("/", "_").replace(" ", "_")
+                    plots.gallery(samples[order], table[name][order], f"{label(g)} — by {name}, best first",
+                                  out / "galleries" / safe / f"prompt_{g}.png")  # fmt: skip
+        report = {
+            "run_dir": str(self.run_dir),
+            "samples": len(groups),
+            "prompts": prompts is not None,
+            "groups": int(groups.unique().numel()),
+            "scores": {
+                name: {
+                    **p["rule"],
+                    "rejected": int(p["rejected"].sum()),
+                    "best_of_n": {label(g): int(table["index"][i]) for g, i in sorted(p["best"].items())},
+                }
+                for name, p in per_score.items()
+            },  # fmt: skip
+        }
+        write_text_atomic(out / "evaluation.json", json.dumps(report, indent=2, ensure_ascii=False))
+        lines = [f"# Ranking within {'prompts' if prompts is not None else 'classes'} (no reference set)", "",
+                 f"{report['samples']} samples, {report['groups']} {'prompts' if prompts is not None else 'groups'}. "
+                 "Files: prompt_rankings.csv, rejected.csv, best_of_n.csv, galleries/.", "",
+                 "| score | rule | rejected |", "|---|---|---|"]  # fmt: skip
+        for name, r in report["scores"].items():
+            rule = f"the worst {r['fraction']:.0%} of each prompt" if "fraction" in r else f"above {r['threshold']:g}"
+            lines.append(f"| {name} | {rule} | {r['rejected']} |")
+        write_text_atomic(out / "evaluation.md", "\n".join(lines) + "\n")
+        return report
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -417,6 +529,8 @@ class Evaluation:
     def run(self) -> dict[str, Any]:
         """Runs the evaluation and writes its outputs; returns what ``evaluation.json`` holds."""
         table, samples = open_run(self.run_dir)
+        if self.reference is None:
+            return self.rank_within_prompts(table, samples)
         clash = [c for c in EVALUATION_COLUMNS if c in table]
         if clash:
             raise EvaluationError(
