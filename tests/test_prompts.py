@@ -1,0 +1,181 @@
+"""Prompts and guidance (issue 21): text-to-image and guided models from the user's own diffusers pipeline.
+
+Every pipeline is built offline from configs inside the tests (tests/pipelines.py): tiny networks with
+random weights, a byte-level CLIP tokenizer written to a temporary folder.
+"""
+
+import csv
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lightning.pytorch import Trainer  # noqa: E402
+
+from genunc_lightning.adapters import DiffusersAdapter  # noqa: E402
+from genunc_lightning.adapters.base import Condition  # noqa: E402
+from genunc_lightning.data import PromptDataModule, SeedDataModule  # noqa: E402
+from genunc_lightning.experiments.runs import fit_posterior  # noqa: E402
+from genunc_lightning.uncertainty import GenerativeUncertaintyModule, PixelLikelihood, ScoredSampleWriter  # noqa: E402
+from genunc_lightning.uncertainty.run_directory import read_manifest, read_prompts, read_shards  # noqa: E402
+from tests.pipelines import tiny_dit, tiny_stable_diffusion  # noqa: E402
+
+CAPTIONS = ["a red cat", "two dogs, running", 'the "blue" door', "a cat"]
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return tiny_stable_diffusion(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """(image, caption) training pairs: 8 random 16² images in [−1, 1]."""
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return [(images[i], CAPTIONS[i % len(CAPTIONS)]) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def sd_posterior(sd, pairs):
+    return fit_posterior(DiffusersAdapter.from_pipeline(sd, steps=4), pairs, batch_size=4)
+
+
+def _trainer(**kwargs):
+    return Trainer(accelerator="cpu", devices=1, logger=False, enable_model_summary=False,
+                   enable_checkpointing=False, enable_progress_bar=False, **kwargs)  # fmt: skip
+
+
+def _predict(adapter, posterior, data, out, **module_kwargs):
+    module = GenerativeUncertaintyModule(adapter, posterior, [PixelLikelihood()], num_members=2, **module_kwargs)
+    _trainer(callbacks=[ScoredSampleWriter(str(out))]).predict(module, datamodule=data, return_predictions=False)
+    with (out / "scores.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, read_shards(out)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_a_kept_sample_is_the_stable_diffusion_pipelines_own_image(sd, sd_posterior, tmp_path, guidance):
+    """Row → pipe(prompt, guidance, steps, generator=manual_seed(row's seed)) gives the kept sample (≤ 1e-4)."""
+    adapter = DiffusersAdapter.from_pipeline(sd, guidance_scale=guidance, steps=4)
+    data = PromptDataModule(prompts=CAPTIONS[:2], samples_per_prompt=2, batch_size=3, seed=5)
+    rows, shards = _predict(adapter, sd_posterior, data, tmp_path / "run")
+    assert [r["prompt"] for r in rows] == [CAPTIONS[0]] * 2 + [CAPTIONS[1]] * 2
+    for row in rows[1:3]:
+        own = sd(row["prompt"], num_inference_steps=4, guidance_scale=guidance, output_type="pt",
+                 generator=torch.Generator().manual_seed(int(row["seed"]))).images[0]  # fmt: skip
+        kept = shards["sample"][(shards["index"] == int(row["index"])).nonzero().item()]
+        assert (kept - own).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_a_kept_sample_is_the_dit_pipelines_own_image(tmp_path, guidance):
+    """A guided class-conditional model (DiT, null class 1000) with no glue at all."""
+    pipe = tiny_dit()
+    adapter = DiffusersAdapter.from_pipeline(pipe, guidance_scale=guidance, steps=4)
+    posterior = fit_posterior(adapter, [(torch.rand(3, 16, 16) * 2 - 1, c) for c in (3, 7, 3, 9)], batch_size=4)
+    rows, shards = _predict(adapter, posterior, SeedDataModule(3, 2, seed=1, classes=[3, 7]), tmp_path / "run")
+    for row, kept in zip(rows, shards["sample"], strict=True):
+        own = pipe([int(row["class"])], num_inference_steps=4, guidance_scale=guidance, output_type="np",
+                   generator=torch.Generator().manual_seed(int(row["seed"]))).images[0]  # fmt: skip
+        assert (kept - torch.from_numpy(own).permute(2, 0, 1)).abs().max().item() <= 1e-4
+
+
+def test_guidance_and_member_batching_compose_exactly(sd, sd_posterior):
+    """Both branches of a sample use its member's weights: member_chunk = 1 and = M give the same scores."""
+    adapter = DiffusersAdapter.from_pipeline(sd, guidance_scale=6.0, steps=3)
+    batch = {"index": torch.arange(3), "seed": torch.tensor([4, 5, 6]), "class": torch.tensor([0, 1, 0]),
+             "prompt": [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0]]}  # fmt: skip
+    scores = [
+        GenerativeUncertaintyModule(
+            adapter, sd_posterior, [PixelLikelihood()], num_members=3, member_chunk=chunk
+        ).predict_step(batch, 0)["scores"]["pixel"]
+        for chunk in (1, 3)
+    ]
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-5, atol=1e-5)
+    # and the drawn members do differ from each other: the test could see a member given the wrong weights
+    unguided = GenerativeUncertaintyModule(adapter, sd_posterior, [PixelLikelihood()], num_members=3, member_chunk=3,
+                                           guidance_scale=1.0).predict_step(batch, 0)["scores"]["pixel"]  # fmt: skip
+    assert not torch.allclose(unguided, scores[0])
+
+
+def test_the_fisher_pass_uses_the_captions(sd, pairs, sd_posterior):
+    adapter = DiffusersAdapter.from_pipeline(sd, steps=4)
+    empty = fit_posterior(adapter, [(x, "") for x, _ in pairs], batch_size=4)
+    assert not torch.allclose(sd_posterior.fisher["weight"], empty.fisher["weight"])
+    # a text model given no captions, and captions for a model that takes none, are errors
+    with pytest.raises(ValueError, match="conditioned on text, but the training batches give no conditioning"):
+        fit_posterior(adapter, [x for x, _ in pairs], batch_size=4)
+    unconditional = DiffusersAdapter(sd.unet, sd.scheduler, (4, 8, 8), encoder_hidden_states=torch.zeros(1, 16, 32))
+    with pytest.raises(ValueError, match="give captions, but DiffusersAdapter takes no conditioning"):
+        fit_posterior(unconditional, pairs, batch_size=4)
+
+
+def test_the_table_has_the_prompt_column_and_the_manifest_the_prompt_list(sd, sd_posterior, tmp_path):
+    prompts = ['a "quoted", comma', "plain"]
+    file = tmp_path / "prompts.txt"
+    file.write_text("\n".join(prompts) + "\n\n")
+    data = PromptDataModule(prompts_file=str(file), samples_per_prompt=2, batch_size=4, seed=0)
+    rows, _ = _predict(DiffusersAdapter.from_pipeline(sd, guidance_scale=3.0, steps=2), sd_posterior, data,
+                       tmp_path / "run")  # fmt: skip
+    text = (tmp_path / "run" / "scores.csv").read_text()
+    assert text.splitlines()[0].startswith("index,seed,class,prompt,") and '"a ""quoted"", comma"' in text
+    assert [(r["class"], r["prompt"]) for r in rows] == [("0", prompts[0])] * 2 + [("1", prompts[1])] * 2
+    assert read_prompts(tmp_path / "run") == prompts
+    identity = read_manifest(tmp_path / "run")["identity"]
+    assert identity["data"]["num_prompts"] == 2 and len(identity["data"]["prompts"]) == 64
+    assert identity["module"]["adapter"]["settings"]["guidance_scale"] == 3.0
+
+
+def test_bad_prompt_input_is_one_clear_line(sd, tmp_path):
+    from genunc_lightning.adapters import GaussianDiffusionAdapter
+    from genunc_lightning.models import MLPDenoiser
+
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        PromptDataModule(prompts=[])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        PromptDataModule(prompts_file=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="unconditional: leave guidance_scale at 1"):
+        GaussianDiffusionAdapter(MLPDenoiser(hidden=8), "out", (2,), guidance_scale=3.0)
+    with pytest.raises(ValueError, match="set null_class"):
+        GaussianDiffusionAdapter(MLPDenoiser(hidden=8, num_classes=3), "out", (2,), num_classes=3, guidance_scale=3.0)
+    adapter = DiffusersAdapter(sd.unet, sd.scheduler, (4, 8, 8), encoder_hidden_states=torch.zeros(1, 16, 32))
+    with pytest.raises(ValueError, match="takes no prompts"):
+        adapter.sample(torch.arange(2), Condition(torch.zeros(2, dtype=torch.long), prompts=("a", "b")), steps=1)
+    text = DiffusersAdapter.from_pipeline(sd, steps=2)
+    with pytest.raises(ValueError, match="conditioned on text: give prompts"):
+        text.sample(torch.arange(2), steps=1)
+    with pytest.raises(TypeError, match="not a diffusers pipeline"):
+        DiffusersAdapter.from_pipeline(sd.unet)
+    with pytest.raises(ValueError, match="scale <= 1 as no guidance"):
+        DiffusersAdapter.from_pipeline(sd, guidance_scale=0.5)
+
+
+def test_evaluate_ranks_each_prompts_samples_without_a_reference_set(sd, sd_posterior, tmp_path):
+    import numpy as np
+
+    from genunc_lightning.evaluation import Evaluation
+
+    prompts = ["a red cat", "a blue door", "two dogs"]
+    data = PromptDataModule(prompts=prompts, samples_per_prompt=5, batch_size=8, seed=3)
+    rows, _ = _predict(DiffusersAdapter.from_pipeline(sd, guidance_scale=2.0, steps=2), sd_posterior, data,
+                       tmp_path / "run")  # fmt: skip
+    report = Evaluation(str(tmp_path / "run"), reject_fraction=0.2).run()
+    out = tmp_path / "run" / "evaluation"
+    assert report["groups"] == 3 and report["scores"]["pixel"]["rejected"] == 3  # ceil(0.2 · 5) of each prompt
+    pixel = np.array([float(r["pixel"]) for r in rows])
+    with (out / "best_of_n.csv").open(newline="") as f:
+        best = list(csv.DictReader(f))
+    for p, prompt in enumerate(prompts):  # the least uncertain of each prompt's five, by numpy
+        assert best[p]["prompt"] == prompt and int(best[p]["pixel_index"]) == 5 * p + int(
+            np.argmin(pixel[5 * p : 5 * p + 5])
+        )
+    with (out / "rejected.csv").open(newline="") as f:
+        worst = {int(r["index"]) for r in csv.DictReader(f)}
+    assert worst == {5 * p + int(np.argmax(pixel[5 * p : 5 * p + 5])) for p in range(3)}
+    assert all((out / "galleries" / "pixel" / f"prompt_{p}.png").is_file() for p in range(3))
+    assert json.loads((out / "evaluation.json").read_text())["scores"]["pixel"]["best_of_n"]["two dogs"] >= 10
+    # a threshold instead of a fraction
+    report = Evaluation(str(tmp_path / "run"), reject_threshold={"pixel": float(np.median(pixel))}).run()
+    assert report["scores"]["pixel"]["rejected"] == int((pixel > np.median(pixel)).sum())
