@@ -43,6 +43,8 @@ class _FitLaplaceCLI(LightningCLI):
 class _PredictCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ScoredSampleWriter, "writer")
+        # Seeds (and classes) by default; data.class_path: genunc_lightning.data.PromptDataModule for prompts.
+        parser.set_defaults({"data": {"class_path": "genunc_lightning.data.SeedDataModule"}})
 
 
 def run_fit(args: Sequence[str]) -> LightningCLI:
@@ -62,11 +64,12 @@ def run_fit(args: Sequence[str]) -> LightningCLI:
 
 
 def _predict_loop(cli_class: type[LightningCLI], module: type, datamodule: type, args: Sequence[str], prog: str,
-                  **trainer_defaults: Any) -> LightningCLI:  # fmt: skip
+                  subclass_mode_data: bool = False, **trainer_defaults: Any) -> LightningCLI:  # fmt: skip
     """Builds the CLI without running it, then runs ``Trainer.predict`` (LightningCLI has no predict-only run)."""
     cli = cli_class(
         module,
         datamodule,
+        subclass_mode_data=subclass_mode_data,
         args=list(args),
         run=False,
         save_config_callback=None,
@@ -90,17 +93,19 @@ def run_fit_laplace(args: Sequence[str]) -> LightningCLI:
 def run_predict(args: Sequence[str]) -> LightningCLI:
     """`genunc predict`: uncertainty-scored samples into a resumable run directory.
 
-    Runs ``Trainer.predict`` with ``GenerativeUncertaintyModule``, ``SeedDataModule`` and
-    ``ScoredSampleWriter`` (the ``writer:`` section of the config).
+    Runs ``Trainer.predict`` with ``GenerativeUncertaintyModule``, ``SeedDataModule`` (or, with
+    ``data.class_path: genunc_lightning.data.PromptDataModule``, prompts) and ``ScoredSampleWriter``
+    (the ``writer:`` section of the config).
     """
-    return _predict_loop(_PredictCLI, GenerativeUncertaintyModule, SeedDataModule, args, "genunc predict")
+    return _predict_loop(_PredictCLI, GenerativeUncertaintyModule, SeedDataModule, args, "genunc predict",
+                         subclass_mode_data=True)  # fmt: skip
 
 
 def run_evaluate(args: Sequence[str]) -> dict:
     """`genunc evaluate`: FID, precision and recall of kept subsets of a predict run (see ``Evaluation``)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from genunc_lightning.evaluation import Evaluation, markdown_table
+    from genunc_lightning.evaluation import Evaluation
 
     parser = ArgumentParser(prog="genunc evaluate", description=Evaluation.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s)")
@@ -110,7 +115,7 @@ def run_evaluate(args: Sequence[str]) -> dict:
     init.pop("config", None)
     evaluation = Evaluation(**init)
     report = evaluation.run()
-    print(markdown_table(report))
+    print((evaluation.output_dir / "evaluation.md").read_text(encoding="utf-8"))
     print(f"Written to {evaluation.output_dir}")
     return report
 

@@ -1,7 +1,7 @@
 """Adapters: the one contract between a user's model and everything else."""
 
 from genunc_lightning.adapters.base import DenoiserCallError, DiffusionAdapter
-from genunc_lightning.adapters.diffusers import DiffusersAdapter
+from genunc_lightning.adapters.diffusers import DiffusersAdapter, DiffusersPipelineAdapter
 from genunc_lightning.adapters.flow import FlowMatchingAdapter
 from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, alphas_cumprod
 from genunc_lightning.adapters.layers import (
@@ -23,6 +23,7 @@ __all__ = [
     "SUPPORTED_LAST_LAYER_TYPES",
     "DenoiserCallError",
     "DiffusersAdapter",
+    "DiffusersPipelineAdapter",
     "DiffusionAdapter",
     "FlowMatchingAdapter",
     "GaussianDiffusionAdapter",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +46,58 @@ def _stable_diffusion_prompts(pipe: Any) -> Callable[[list[str]], dict[str, Any]
         return {"encoder_hidden_states": pipe.encode_prompt(prompts, device, 1, False)[0]}
 
     return encode
+
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def pipeline_arguments(
+    pipe: Any,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    last_layer: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> dict[str, Any]:
+    """``DiffusersAdapter``'s arguments for a pipeline: its network, scheduler, VAE, sample shape and conditioning.
+
+    Raises:
+        TypeError: ``pipe`` is not a pipeline of a supported kind.
+        ValueError: a guidance scale in (0, 1), which the pipelines treat as none.
+    """
+    kind = type(pipe).__name__
+    scheduler, vae = getattr(pipe, "scheduler", None), getattr(pipe, "vae", None)
+    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if network is None or scheduler is None:
+        raise TypeError(
+            f"{kind} is not a diffusers pipeline with a unet or transformer and a scheduler: pass the pipeline "
+            "itself (e.g. StableDiffusionPipeline.from_pretrained(path)), or build DiffusersAdapter(network, "
+            "scheduler, sample_shape)."
+        )
+    if guidance_scale < 0 or 0 < guidance_scale < 1:
+        raise ValueError(
+            f"guidance_scale={guidance_scale:g}: diffusers pipelines treat a scale <= 1 as no guidance, so the "
+            "kept sample could not equal the pipeline's. Give 1 (no guidance) or a scale > 1."
+        )
+    config = network.config
+    size = config.sample_size
+    if vae is not None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        shape = (config.in_channels, (height or size * factor) // factor, (width or size * factor) // factor)
+    else:
+        shape = (config.in_channels, height or size, width or size)
+    arguments = dict(denoiser=network, scheduler=scheduler, sample_shape=shape, last_layer=last_layer, steps=steps,
+                     vae=vae, guidance_scale=float(guidance_scale) if guidance_scale > 1 else 1.0)  # fmt: skip
+    if kind in ("DDPMPipeline", "DDIMPipeline"):
+        return arguments
+    if kind == "DiTPipeline":
+        return {**arguments, "num_classes": config.num_embeds_ada_norm, "null_class": config.num_embeds_ada_norm}
+    if kind == "StableDiffusionPipeline":
+        return {**arguments, "prompt_encoder": _stable_diffusion_prompts(pipe)}
+    raise TypeError(
+        f"{kind} is not supported by from_pipeline yet; supported: DDPMPipeline, DDIMPipeline, DiTPipeline, "
+        "StableDiffusionPipeline. Build DiffusersAdapter(network, scheduler, sample_shape, prompt_encoder=...)."
+    )
 
 
 class DiffusersAdapter(DiffusionAdapter):
@@ -157,43 +210,17 @@ class DiffusersAdapter(DiffusionAdapter):
         Raises:
             TypeError: ``pipe`` is not a pipeline of a supported kind.
         """
-        kind = type(pipe).__name__
-        scheduler, vae = getattr(pipe, "scheduler", None), getattr(pipe, "vae", None)
-        network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        if network is None or scheduler is None:
-            raise TypeError(
-                f"{kind} is not a diffusers pipeline with a unet or transformer and a scheduler: pass the pipeline "
-                "itself (e.g. StableDiffusionPipeline.from_pretrained(path)), or build DiffusersAdapter(network, "
-                "scheduler, sample_shape)."
-            )
-        if 0 < guidance_scale < 1 or guidance_scale < 0:
-            raise ValueError(
-                f"guidance_scale={guidance_scale:g}: diffusers pipelines treat a scale <= 1 as no guidance, so the "
-                "kept sample could not equal the pipeline's. Give 1 (no guidance) or a scale > 1."
-            )
-        w = float(guidance_scale) if guidance_scale > 1 else 1.0
-        config = network.config
-        channels = config.in_channels
-        size = config.sample_size
-        if vae is not None:
-            factor = 2 ** (len(vae.config.block_out_channels) - 1)
-            shape = (channels, (height or size * factor) // factor, (width or size * factor) // factor)
-        else:
-            shape = (channels, height or size, width or size)
-        common = dict(sample_shape=shape, last_layer=last_layer, steps=steps, vae=vae, guidance_scale=w)
-        if kind in ("DDPMPipeline", "DDIMPipeline"):
-            return cls(network, scheduler, **common)
-        if kind == "DiTPipeline":
-            classes = config.num_embeds_ada_norm
-            return cls(network, scheduler, num_classes=classes, null_class=classes, **common)
-        if kind == "StableDiffusionPipeline":
-            adapter = cls(network, scheduler, prompt_encoder=_stable_diffusion_prompts(pipe), **common)
-            adapter.negative_prompt = negative_prompt
-            return adapter
-        raise TypeError(
-            f"{kind} is not supported by from_pipeline yet; supported: DDPMPipeline, DDIMPipeline, DiTPipeline, "
-            "StableDiffusionPipeline. Build DiffusersAdapter(network, scheduler, sample_shape, prompt_encoder=...)."
-        )
+        adapter = cls(**pipeline_arguments(pipe, guidance_scale, steps, last_layer, height, width))
+        adapter.attach_pipeline(pipe, negative_prompt)
+        return adapter
+
+    def attach_pipeline(self, pipe: Any, negative_prompt: str | None) -> None:
+        """Keeps the pipeline's text encoders as submodules: they move with the adapter and count in its identity."""
+        self.negative_prompt = negative_prompt
+        for name in TEXT_ENCODERS:
+            encoder = getattr(pipe, name, None)
+            if isinstance(encoder, nn.Module):
+                setattr(self, name, encoder)
 
     @property
     def takes_prompts(self) -> bool:  # type: ignore[override]
@@ -259,3 +286,42 @@ class DiffusersAdapter(DiffusionAdapter):
             else:  # DDPMScheduler draws its noise itself: one generator per sample keeps it per-seed
                 x = scheduler.step(out, t, x, generator=source.generators).prev_sample
         return x
+
+
+class DiffusersPipelineAdapter(DiffusersAdapter):
+    """``DiffusersAdapter.from_pipeline`` of a pipeline folder on disk, for configs: ``pretrained: /models/sd15``.
+
+    LightningCLI builds it from YAML (``model.adapter.class_path``); the folder is read with
+    ``DiffusionPipeline.from_pretrained(pretrained, local_files_only=True)``, so a missing file fails at
+    once instead of reaching for a hub.
+
+    Args:
+        pretrained: the pipeline's folder (``model_index.json`` and its parts).
+        guidance_scale: classifier-free guidance w (1: none).
+        steps: the pipeline's ``num_inference_steps``.
+        negative_prompt: the default negative prompt of a text model.
+        last_layer: the Bayesian layer (default: the network family's).
+        height: image height in pixels (default: the pipeline's).
+        width: image width in pixels (default: the pipeline's).
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        guidance_scale: float = 1.0,
+        steps: int = 50,
+        negative_prompt: str | None = None,
+        last_layer: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> None:
+        diffusers = _require_diffusers()
+        if not (Path(pretrained) / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"pretrained={pretrained!r} is not a diffusers pipeline folder (no model_index.json): give the folder "
+                "that pipe.save_pretrained(...) wrote, on local disk."
+            )
+        pipe = diffusers.DiffusionPipeline.from_pretrained(pretrained, local_files_only=True)
+        super().__init__(**pipeline_arguments(pipe, guidance_scale, steps, last_layer, height, width))
+        self._pretrained = str(pretrained)  # where it was read from; the weights' fingerprint identifies it
+        self.attach_pipeline(pipe, negative_prompt)
