@@ -78,3 +78,59 @@ def test_layout_section_names_every_part_of_the_tree():
     }
     assert parts - {"genunc_lightning/__init__.py"} <= named, "parts of the package the Layout does not name"
     assert {"genunc_lightning/adapters/base.py", "tests"} <= named  # the parser reads nested and top-level entries
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """The cells of every Markdown table row of ``text`` whose first cell starts with ``first_cell``."""
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")
+    ]
+    return [r for r in rows if r[0].startswith(first_cell)]
+
+
+def _table_after(text: str, heading_row: str) -> str:
+    """The Markdown table of ``text`` whose header row starts with ``heading_row``."""
+    start = text.index(heading_row)
+    end = text.find("\n\n", start)
+    return text[start : end if end >= 0 else None]
+
+
+def test_the_readme_digits_figures_are_the_committed_reports():
+    """The demo's table equals docs/demo_report.json, and the sweep's quoted gains docs/experiments_results.md."""
+    readme = README.read_text()
+    text = _table_after(readme, "| kept by (250 of 300) |")
+    report = json.loads((README.parent / "docs" / "demo_report.json").read_text())
+    primary = report["digits"]["primary"]
+    assert report["digits"]["training_steps"] == 6000 and primary["sampler_steps"] == 50
+    cls, pca = primary["spaces"]["classifier"], primary["spaces"]["pixel-pca"]
+    for label, method in [("ours", "semantic"), ("paper preset", "semantic_paper"), ("pixel-space", "pixel"),
+                          ("BayesDiff", "bayesdiff"), ("AU", "au"), ("realism", "realism")]:  # fmt: skip
+        (row,) = _table_rows(text, label)
+        c, p = cls["methods"][method], pca["methods"][method]
+        assert row[1].split()[0] == f"{c['fid']:.1f}" and row[2].split()[0] == f"{c['kid']:.0f}", row
+        assert row[3].split()[0] == f"{c['precision']:.3f}" and row[4].split()[0] == f"{p['fid']:.3f}", row
+        assert row[5] == f"{100 * c['off_class']:.1f}%", row
+        auroc = primary["auroc"]
+        assert row[6] == f"{auroc['off_class'][method]:.2f} / {auroc['off_manifold'][method]:.2f}", row
+    verdicts = {(v["method"], v["space"], v["metric"]): v for v in primary["verdicts"]}
+    (ours,) = _table_rows(text, "ours (semantic")
+    assert f"(p = {verdicts[('semantic', 'classifier', 'fid')]['p']:.3f})" in ours[1]
+    assert verdicts[("semantic", "classifier", "fid")]["verdict"] == "holds" in ours[1]
+    (floor,) = _table_rows(text, "real vs real (the floor")
+    assert floor[1] == f"{cls['floor']['fid']:.2f} ± {cls['floor']['fid_std']:.2f}"
+    assert floor[3] == f"{cls['floor']['precision']:.3f} ± {cls['floor']['precision_std']:.3f}"
+    (null,) = _table_rows(text, "random (200 kept sets)")
+    assert null[1] == f"{cls['null']['fid']:.1f} ± {cls['null']['fid_std']:.1f}"
+    below = sum(v < 0 for v in cls["floor"]["values"]["kid"]) / len(cls["floor"]["values"]["kid"])
+    assert f"{100 * below:.0f}% of the floor's 200 draws are below zero" in " ".join(readme.split())
+    # the sweep's gains per regime, as the results file has them
+    sweep = (README.parent / "docs" / "experiments_results.md").read_text()
+    gains = {(int(r[0]), int(r[1])): r[6].split()[0] for r in _table_rows(sweep.split("###")[0], "") if r[0].isdigit()}
+    regimes = {row[0].split(" (")[0]: row for row in _table_rows(_table_after(readme, "| regime | d of FID"), "")}
+    assert all(gains[(150, t)] in regimes["undertrained"][2] for t in (5, 10, 50))
+    assert all(gains[(6000, t)].replace("-", "−") in regimes["best model"][2] for t in (5, 10, 50))
+    middle = [float(gains[(s, t)]) for s in (300, 600, 1500) for t in (5, 10, 50)]
+    assert (
+        f"gains −{-min(middle):.1f} to +{max(middle):.1f}, below zero at {sum(g < 0 for g in middle)}"
+        in regimes["middle"][2]
+    )

@@ -428,6 +428,19 @@ def _replication_markdown(replicated: dict) -> list[str]:
     ]
 
 
+def write_docs(report: dict, out: Path, docs: Path) -> None:
+    """The report the README quotes (``demo_report.json``) and its grid of the most and least uncertain digits."""
+    import shutil
+
+    from genunc_lightning.io import atomic_path
+
+    write_text_atomic(docs / "demo_report.json", json.dumps(report, indent=1, default=str))
+    grid = (report.get("digits") or {}).get("grids", {}).get("semantic")
+    if grid:
+        with atomic_path(docs / "digits_most_and_least_uncertain.png") as tmp:
+            shutil.copyfile(out / grid, tmp)
+
+
 def run_replication_check(results_file: Path) -> dict[str, Any] | None:
     """The replicated verdicts, checked against the shipped snapshots (None, with a note, without the file)."""
     if not results_file.is_file():
@@ -443,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--output", default="runs/demo", help="directory for the runs, the report and the figures")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the experiment)")
     parser.add_argument("--only", choices=["toy", "digits", "replication"], default=None, help="run one part")
+    parser.add_argument(
+        "--docs", default=None, help="also write report.json as DIR/demo_report.json and the grid the README shows"
+    )
     parser.add_argument(
         "--replication-results",
         default=str(RESULTS_FILE),
@@ -466,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report["claims"] = check_claims(report)
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "report.md", markdown(report))
+    if args.docs:
+        write_docs(report, out, Path(args.docs))
     print()
     print(markdown(report))
     print(f"Report: {out / 'report.md'} (numbers in report.json), in {report['seconds']:.0f} s")
