@@ -20,6 +20,7 @@ from torch import nn
 from genunc_lightning.adapters.layers import (
     LastLayerError,
     LastLayerWeights,
+    batch_copies,
     original_module,
     resolve_last_layer,
     use_last_layer_weights,
@@ -301,36 +302,33 @@ class DiffusionAdapter(nn.Module):
                 cache[text] = _rows(encoded, torch.tensor([i]))
         return _stack_rows([cache[t] if t in cache else self._prompt_cache[t] for t in texts])
 
-    def guided(
-        self,
-        predict: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
-        x: torch.Tensor,
-        t: torch.Tensor,
-        y: Any,
-    ) -> torch.Tensor:
+    def guided(self, predict: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
         """``predict(x, t, conditioning)`` for a sampling ``Condition`` ``y``, with classifier-free guidance.
 
-        The two branches are two forwards of the batch as it came, not one forward of a doubled batch: a
-        batch of M weight sets' chunks reaches the last layer with its chunk boundaries where the weight
-        sets are, so both branches of a sample use its own set (``member_chunk`` cannot change a score).
-        ``y`` that is not a ``Condition`` (training, or a family's own call) is passed on as it is.
+        The branches run as one forward of ``[x; x]`` with ``[unconditional; conditional]`` conditioning,
+        as the pipelines do. A batch of M weight sets' chunks is then two copies of its chunk layout, and
+        ``batch_copies`` tells the last layer so: both branches of a sample use its own weight set, and
+        ``member_chunk`` cannot change a score. ``y`` that is not a ``Condition`` (training, or a family's
+        own call) is passed on as it is.
         """
         if not isinstance(y, Condition):
             return predict(x, t, y)
-        conditional = predict(x, t, self.network_condition(y))
+        conditional = self.network_condition(y)
         if self.guidance_scale == 1.0:
-            return conditional
-        unconditional = predict(x, t, self.network_condition(y, unconditional=True))
+            return predict(x, t, conditional)
+        both = _stack_rows([self.network_condition(y, unconditional=True), conditional])
+        with batch_copies(2):
+            unconditional, conditional = predict(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return unconditional + self.guidance_scale * (conditional - unconditional)
 
     def _sample_with_weights(
-        self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None, weights: LastLayerWeights | None
+        self, seeds: torch.Tensor, classes: Condition | None, steps: int | None, weights: LastLayerWeights | None
     ) -> torch.Tensor:
         """How weight sets reach the sampler; by default one hook for the whole batch (``use_last_layer_weights``)."""
         with use_last_layer_weights(self.last_layer_module, weights):
             return self._sample(seeds, classes, steps)
 
-    def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
+    def _sample(self, seeds: torch.Tensor, classes: Condition | None, steps: int | None) -> torch.Tensor:
         raise NotImplementedError
 
     @torch.no_grad()

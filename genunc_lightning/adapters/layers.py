@@ -6,6 +6,7 @@ functional ops run the layer's own computation with them.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +19,25 @@ from torch import nn
 SUPPORTED_LAST_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 LastLayerWeights = Mapping[str, torch.Tensor]
+
+# How many copies of the member-chunk layout a batch reaching the last layer holds (see ``batch_copies``).
+_BATCH_COPIES: contextvars.ContextVar[int] = contextvars.ContextVar("batch_copies", default=1)
+
+
+@contextmanager
+def batch_copies(copies: int) -> Iterator[None]:
+    """Within the block, a batch is ``copies`` consecutive copies of the usual M-chunk layout.
+
+    Classifier-free guidance runs the unconditional and the conditional branch as one forward of
+    ``[x; x]``: with M weight sets, that batch is M chunks, then the same M chunks again, and chunk
+    ``i`` belongs to weight set ``i mod M`` (``apply_layer_members``), so both branches of a sample use
+    its own set.
+    """
+    token = _BATCH_COPIES.set(int(copies))
+    try:
+        yield
+    finally:
+        _BATCH_COPIES.reset(token)
 
 
 class LastLayerError(ValueError):
@@ -96,16 +116,21 @@ def apply_layer_members(layer: nn.Module, x: torch.Tensor, params: LastLayerWeig
     Each chunk goes through the same op, at the same shape, as an ordinary forward of B examples, so
     a member whose weights equal the layer's own gives bit-identical outputs.
 
+    Inside ``batch_copies(c)`` the batch is c copies of that layout (c·M chunks, chunk i with set i mod M).
+
     Args:
         layer: a supported last layer.
         x: its input, batch dimension M·B with member m's examples at [m·B, (m+1)·B).
         params: weight sets stacked on a leading member dimension M.
     """
     members = next(iter(params.values())).shape[0]
-    if x.shape[0] % members:
-        raise ValueError(f"A batch of {x.shape[0]} cannot be split into {members} equal member chunks.")
-    chunks = x.chunk(members)
-    return torch.cat([apply_layer(layer, c, {k: v[m] for k, v in params.items()}) for m, c in enumerate(chunks)])
+    parts = members * _BATCH_COPIES.get()
+    if x.shape[0] % parts:
+        raise ValueError(f"A batch of {x.shape[0]} cannot be split into {parts} equal member chunks.")
+    chunks = x.chunk(parts)
+    return torch.cat(
+        [apply_layer(layer, c, {k: v[i % members] for k, v in params.items()}) for i, c in enumerate(chunks)]
+    )
 
 
 @contextmanager
