@@ -86,3 +86,60 @@ def tiny_dit(seed: int = 0, num_classes: int = 1000):
         patch_size=2, num_embeds_ada_norm=num_classes, norm_num_groups=8,
     ).eval()  # fmt: skip
     return DiTPipeline(transformer=transformer, vae=tiny_vae(seed + 2), scheduler=DDIMScheduler(clip_sample=False))
+
+
+def tiny_stable_diffusion_xl(directory: Path, seed: int = 0):
+    """A StableDiffusionXLPipeline of tiny parts: two CLIP text encoders, text-time added conditioning, DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = clip_tokenizer(directory / "tokenizer")
+    tokenizer_2 = clip_tokenizer(directory / "tokenizer_2")
+    text_encoder = clip_text_encoder(tokenizer, seed=seed)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_encoder(tokenizer_2, seed=seed + 3).config).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
+    ).eval()  # fmt: skip
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    return StableDiffusionXLPipeline(vae=tiny_vae(seed + 2), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     add_watermarker=False)  # fmt: skip
+
+
+def t5_tokenizer():
+    """A T5 tokenizer over single characters (a Unigram model built in memory): offline, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(33, 127)]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=16)  # fmt: skip
+
+
+def tiny_pixart(seed: int = 0):
+    """A PixArtAlphaPipeline of tiny parts: a T5 encoder, a learned-variance transformer, DDIM."""
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                           num_heads=4, relative_attention_num_buckets=8)).eval()  # fmt: skip
+    torch.manual_seed(seed + 1)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=32,
+        in_channels=4, out_channels=8, cross_attention_dim=16,
+    ).eval()  # fmt: skip
+    return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_vae(seed + 2),
+                               transformer=transformer, scheduler=DDIMScheduler(clip_sample=False))  # fmt: skip

@@ -95,7 +95,9 @@ def class_labels(condition: Condition | torch.Tensor) -> torch.Tensor:
 
 
 def _rows(conditioning: Any, index: torch.Tensor) -> Any:
-    """Rows ``index`` of a network conditioning: a tensor, or a dict (or tuple) of them."""
+    """Rows ``index`` of a network conditioning: a tensor, or a dict (or tuple) of them; ``None`` stays ``None``."""
+    if conditioning is None:
+        return None
     if isinstance(conditioning, torch.Tensor):
         return conditioning[index.to(conditioning.device)]
     if isinstance(conditioning, dict):
@@ -108,6 +110,8 @@ def _rows(conditioning: Any, index: torch.Tensor) -> Any:
 def _stack_rows(rows: list[Any]) -> Any:
     """Concatenates conditionings of one row each (tensors [1, ...], or dicts/tuples of them)."""
     first = rows[0]
+    if first is None:
+        return None
     if isinstance(first, torch.Tensor):
         return torch.cat(rows)
     if isinstance(first, dict):
@@ -171,7 +175,7 @@ class DiffusionAdapter(nn.Module):
         self.null_class = null_class
         self.negative_prompt: str | None = None  # a text model's unconditional prompt when the data gives none
         self.guidance_scale = 1.0
-        self._prompt_cache: dict[str, Any] = {}
+        self._prompt_cache: dict[tuple[bool, str], Any] = {}
         resolve_last_layer(denoiser, last_layer)
         self.set_guidance(guidance_scale)
 
@@ -268,8 +272,12 @@ class DiffusionAdapter(nn.Module):
             raise ValueError(f"This model is class-conditional ({self.num_classes} classes): pass classes.")
         return condition
 
-    def encode_prompts(self, prompts: list[str]) -> Any:
-        """The network's conditioning for ``prompts``: a tensor [P, ...] or a dict of them (text families)."""
+    def encode_prompts(self, prompts: list[str], negative: bool = False) -> Any:
+        """The network's conditioning for ``prompts``: a tensor [P, ...] or a dict of them (text families).
+
+        ``negative``: the texts are the unconditional branch's (some pipelines encode an empty negative
+        prompt as zeros, SDXL for one).
+        """
         raise NotImplementedError(f"{type(self).__name__} is not conditioned on text.")
 
     def network_condition(self, condition: Condition | None, unconditional: bool = False) -> Any:
@@ -285,22 +293,24 @@ class DiffusionAdapter(nn.Module):
             return torch.full_like(condition.ids, self.null_class) if unconditional else condition.ids
         default = self.negative_prompt or ""
         texts = (condition.negative_prompts or (default,) * len(condition)) if unconditional else condition.prompts
-        return self.text_condition(texts, keep=True)
+        return self.text_condition(texts, keep=True, negative=unconditional)
 
-    def text_condition(self, texts: Sequence[str], keep: bool = False) -> Any:
+    def text_condition(self, texts: Sequence[str], keep: bool = False, negative: bool = False) -> Any:
         """The network's conditioning for ``texts``, each distinct text encoded once.
 
         Args:
             texts: one text per sample.
             keep: keep the encodings for later calls (a predict run's prompts; not a training set's captions).
+            negative: the texts are the unconditional branch's (see ``encode_prompts``).
         """
-        cache = self._prompt_cache if keep else {}
-        new = sorted({t for t in texts if t not in cache and t not in self._prompt_cache})
+        kept, local = self._prompt_cache, {}
+        keys = [(negative, t) for t in texts]
+        new = sorted({k for k in keys if k not in kept and k not in local})
         if new:
-            encoded = self.encode_prompts(new)
-            for i, text in enumerate(new):
-                cache[text] = _rows(encoded, torch.tensor([i]))
-        return _stack_rows([cache[t] if t in cache else self._prompt_cache[t] for t in texts])
+            encoded = self.encode_prompts([t for _, t in new], negative=negative)
+            for i, key in enumerate(new):
+                (kept if keep else local)[key] = _rows(encoded, torch.tensor([i]))
+        return _stack_rows([kept[k] if k in kept else local[k] for k in keys])
 
     def guided(self, predict: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
         """``predict(x, t, conditioning)`` for a sampling ``Condition`` ``y``, with classifier-free guidance.

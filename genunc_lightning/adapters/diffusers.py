@@ -16,6 +16,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.layers import original_module
 from genunc_lightning.adapters.samplers import NoiseSource
 
 SUPPORTED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
@@ -23,6 +24,7 @@ DEFAULT_LAST_LAYER = {
     "UNet2DModel": "conv_out",
     "UNet2DConditionModel": "conv_out",
     "DiTTransformer2DModel": "proj_out_2",
+    "PixArtTransformer2DModel": "proj_out",
 }
 
 
@@ -44,6 +46,48 @@ def _stable_diffusion_prompts(pipe: Any) -> Callable[[list[str]], dict[str, Any]
     def encode(prompts: list[str]) -> dict[str, Any]:
         device = next(pipe.unet.parameters()).device
         return {"encoder_hidden_states": pipe.encode_prompt(prompts, device, 1, False)[0]}
+
+    return encode
+
+
+def _stable_diffusion_xl_prompts(pipe: Any, size: tuple[int, int]) -> Callable[..., dict[str, Any]]:
+    """SDXL's own prompt encoding: both text encoders' embeddings, the pooled embedding and the added time ids.
+
+    As the pipeline does with ``force_zeros_for_empty_prompt`` (its default), the unconditional branch's
+    empty prompt is zeros; time ids are those of ``size`` (original and target), crops at (0, 0).
+    """
+
+    def encode(prompts: list[str], negative: bool = False) -> dict[str, Any]:
+        device = next(pipe.unet.parameters()).device
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)  # fmt: skip
+        if negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            empty = torch.tensor([p == "" for p in prompts], device=embeds.device)
+            embeds = torch.where(empty[:, None, None], torch.zeros_like(embeds), embeds)
+            pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+        projection = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else pooled.shape[-1]
+        time_ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection
+        )
+        time_ids = time_ids.to(device).repeat(len(prompts), 1)
+        return {"encoder_hidden_states": embeds, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+    return encode
+
+
+def _pixart_prompts(pipe: Any) -> Callable[[list[str]], dict[str, Any]]:
+    """PixArt-α's own prompt encoding (T5, with its attention mask), as the transformer's keyword arguments.
+
+    The pipeline's default negative prompt is the empty one, encoded like a prompt. Resolution and
+    aspect-ratio conditioning are ``None``, as the pipeline has them for every model but the 1024² one.
+    """
+
+    def encode(prompts: list[str]) -> dict[str, Any]:
+        device = next(pipe.transformer.parameters()).device
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                                clean_caption=False)  # fmt: skip
+        added = {"resolution": None, "aspect_ratio": None}
+        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "added_cond_kwargs": added}
 
     return encode
 
@@ -94,9 +138,20 @@ def pipeline_arguments(
         return {**arguments, "num_classes": config.num_embeds_ada_norm, "null_class": config.num_embeds_ada_norm}
     if kind == "StableDiffusionPipeline":
         return {**arguments, "prompt_encoder": _stable_diffusion_prompts(pipe)}
+    if kind == "PixArtAlphaPipeline":
+        if config.sample_size == 128:
+            raise TypeError(
+                "PixArt-α at 1024² conditions on resolution and aspect ratio, which from_pipeline does not pass yet: "
+                "use the 256² or 512² model, or DiffusersAdapter(..., prompt_encoder=...) with those added."
+            )
+        return {**arguments, "prompt_encoder": _pixart_prompts(pipe)}
+    if kind == "StableDiffusionXLPipeline":
+        pixels = (shape[1] * factor, shape[2] * factor)
+        return {**arguments, "prompt_encoder": _stable_diffusion_xl_prompts(pipe, pixels)}
     raise TypeError(
         f"{kind} is not supported by from_pipeline yet; supported: DDPMPipeline, DDIMPipeline, DiTPipeline, "
-        "StableDiffusionPipeline. Build DiffusersAdapter(network, scheduler, sample_shape, prompt_encoder=...)."
+        "StableDiffusionPipeline, StableDiffusionXLPipeline, PixArtAlphaPipeline. Build DiffusersAdapter(network, "
+        "scheduler, sample_shape, prompt_encoder=...)."
     )
 
 
@@ -176,6 +231,8 @@ class DiffusersAdapter(DiffusionAdapter):
         out_ch = getattr(denoiser.config, "out_channels", in_ch) or in_ch
         self.prediction_channels = in_ch if out_ch == 2 * in_ch else None
         self._step_takes_noise = "variance_noise" in inspect.signature(scheduler.step).parameters
+        positional = list(inspect.signature(original_module(denoiser).forward).parameters)
+        self._timestep_positional = len(positional) > 1 and positional[1] in ("timestep", "t", "timesteps")
 
     @classmethod
     def from_pipeline(
@@ -227,11 +284,17 @@ class DiffusersAdapter(DiffusionAdapter):
         """Whether the network is conditioned on text (a ``prompt_encoder`` was given)."""
         return self._prompt_encoder is not None
 
-    def encode_prompts(self, prompts: list[str]) -> dict[str, Any]:
-        """The network's keyword arguments for ``prompts`` (``prompt_encoder``'s output)."""
+    def encode_prompts(self, prompts: list[str], negative: bool = False) -> dict[str, Any]:
+        """The network's keyword arguments for ``prompts`` (``prompt_encoder``'s output).
+
+        A ``prompt_encoder`` with a ``negative`` parameter is told when the texts are the unconditional branch's.
+        """
         if self._prompt_encoder is None:
-            return super().encode_prompts(prompts)
+            return super().encode_prompts(prompts, negative)
+        takes_negative = "negative" in inspect.signature(self._prompt_encoder).parameters
         with torch.no_grad():
+            if takes_negative:
+                return self._prompt_encoder(list(prompts), negative=negative)
             return self._prompt_encoder(list(prompts))
 
     def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
@@ -247,10 +310,10 @@ class DiffusersAdapter(DiffusionAdapter):
         if self.encoder_hidden_states is not None:
             ehs = self.encoder_hidden_states.to(x.dtype)
             kwargs["encoder_hidden_states"] = ehs.expand(x.shape[0], *ehs.shape[1:])
-        if type(self.denoiser).__name__ == "DiTTransformer2DModel":
-            out = self.denoiser(x, timestep=t, **kwargs).sample
-        else:
+        if self._timestep_positional:
             out = self.denoiser(x, t, **kwargs).sample
+        else:  # transformers (DiT, PixArt) take the text before the timestep: pass it by name
+            out = self.denoiser(x, timestep=t, **kwargs).sample
         return out[:, : self.prediction_channels] if self.prediction_channels else out
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
