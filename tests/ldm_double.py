@@ -91,3 +91,37 @@ class FakeLatentDiffusion(LightningModule):
     @torch.no_grad()
     def decode_first_stage(self, z):
         return self.first_stage_model.decode(z / self.scale_factor)
+
+
+class CharacterEmbedder(nn.Module):
+    """A text conditioning stage like their FrozenCLIPEmbedder: a list of strings to [B, tokens, dim]."""
+
+    def __init__(self, tokens=6, embed_dim=8):
+        super().__init__()
+        self.tokens, self.embedding = tokens, nn.Embedding(128, embed_dim)
+
+    def forward(self, texts):
+        ids = torch.zeros(len(texts), self.tokens, dtype=torch.long)
+        for i, text in enumerate(texts):
+            codes = [min(ord(c), 127) for c in text[: self.tokens]]
+            ids[i, : len(codes)] = torch.tensor(codes, dtype=torch.long)
+        return self.embedding(ids.to(self.embedding.weight.device))
+
+
+class FakeTextLatentDiffusion(FakeLatentDiffusion):
+    """The txt2img configuration: cond_stage_key "caption", a frozen text embedder, captions in the batch."""
+
+    cond_stage_key = "caption"
+
+    def __init__(self, parameterization="eps", timesteps=1000):
+        super().__init__(parameterization, timesteps)
+        self.cond_stage_model = CharacterEmbedder()
+        self.cond_stage_trainable = False
+
+    def get_learned_conditioning(self, c):
+        return self.cond_stage_model(c)
+
+    @torch.no_grad()
+    def get_input(self, batch, k, return_first_stage_outputs=False, force_c_encode=False, cond_key=None, bs=None):
+        x = batch[k].permute(0, 3, 1, 2).contiguous().float()
+        return [self.scale_factor * self.first_stage_model.encode(x), self.get_learned_conditioning(batch["caption"])]

@@ -92,3 +92,33 @@ def test_latent_flow_matching_dit_with_dopri5(tmp_path, fit_predict_evaluate):
     data = torch.utils.data.TensorDataset(images, labels)
     report = fit_predict_evaluate(tmp_path, adapter, data, images, num_samples=12, batch_size=6, keep=8, steps=1)
     assert report["samples"] == 12 and "pixel" in report["results"]
+
+
+def test_ldm_txt2img_guidance_is_their_ddim_loop_with_the_empty_prompt_as_unconditional():
+    """Prompts through get_learned_conditioning, uc = the empty prompt's, e = e_u + w (e_c − e_u) (their sampler)."""
+    from genunc_lightning.adapters.base import Condition
+    from genunc_lightning.adapters.gaussian import sampling_timesteps
+    from tests.ldm_double import FakeTextLatentDiffusion
+
+    torch.manual_seed(0)
+    ldm = FakeTextLatentDiffusion().eval()
+    adapter = LatentDiffusionAdapter(ldm, (2, 4, 4), steps=4, guidance_scale=5.0)
+    assert adapter.takes_prompts
+    prompts, seeds = ("a cat", "a dog", "a cat"), torch.tensor([3, 4, 5])
+    ours = adapter.sample(seeds, Condition(torch.tensor([0, 1, 0]), prompts=prompts))
+    # their loop, written out: x_in = [x; x], c_in = [uc; c], one apply_model, chunk, guide, DDIM (η = 0)
+    x = torch.stack([torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).double()
+    c, uc = ldm.get_learned_conditioning(list(prompts)), ldm.get_learned_conditioning([""] * 3)
+    a = ldm.alphas_cumprod.double()
+    steps = sampling_timesteps(1000, 4).tolist()
+    for i, t in enumerate(steps):
+        tt = torch.full((6,), t, dtype=torch.long)
+        e_u, e_c = ldm.apply_model(torch.cat([x, x]).float(), tt, torch.cat([uc, c])).double().chunk(2)
+        e = e_u + 5.0 * (e_c - e_u)
+        x0 = (x - (1 - a[t]).sqrt() * e) / a[t].sqrt()
+        x = x0 if i == len(steps) - 1 else a[steps[i + 1]].sqrt() * x0 + (1 - a[steps[i + 1]]).sqrt() * e
+    torch.testing.assert_close(ours.double(), x, rtol=1e-4, atol=1e-4)
+    # captions in the training batches reach the Fisher pass through their own get_input
+    images = DictImages(4).images
+    batch = {"image": images, "caption": ["a cat", "a dog", "", "a cat"]}
+    assert adapter.residual(batch, torch.arange(4)).shape == (4, 2, 4, 4)

@@ -38,7 +38,14 @@ class LatentDiffusionAdapter(GaussianDiffusionAdapter):
         sampler: ``ddim`` or ``ddpm``.
         steps: sampling steps.
         eta: DDIM noise scale.
+        guidance_scale: classifier-free guidance w (1: off). A text model (``cond_stage_key`` ``caption``,
+            ``txt`` or ``text``) takes prompts, encoded by ``get_learned_conditioning(prompts)``, and its
+            unconditional branch is the empty prompt's conditioning, as their ``txt2img.py`` does; a
+            class-conditional one needs ``null_class``.
+        null_class: the unconditional label of a guided class-conditional model.
     """
+
+    TEXT_KEYS = ("caption", "txt", "text")
 
     def __init__(
         self,
@@ -50,7 +57,10 @@ class LatentDiffusionAdapter(GaussianDiffusionAdapter):
         sampler: str = "ddim",
         steps: int = 50,
         eta: float | None = None,
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
     ) -> None:
+        self._text = getattr(ldm, "cond_stage_key", None) in self.TEXT_KEYS and num_classes is None
         interface = ("apply_model", "alphas_cumprod", "num_timesteps", "parameterization", "decode_first_stage")
         require_interface(ldm, interface, "LatentDiffusionAdapter", "a LatentDiffusion")
         if ldm.parameterization not in PARAMETERIZATION:
@@ -58,16 +68,29 @@ class LatentDiffusionAdapter(GaussianDiffusionAdapter):
         super().__init__(
             ldm, last_layer, sample_shape, num_classes, prediction=PARAMETERIZATION[ldm.parameterization],
             num_train_steps=int(ldm.num_timesteps), sampler=sampler, steps=steps, eta=eta, image_range=(-1.0, 1.0),
+            guidance_scale=guidance_scale, null_class=null_class,
         )  # fmt: skip
         # Their schedule, not a recomputed one.
         self.alphas_cumprod = ldm.alphas_cumprod.detach().double().cpu()
-        self._schedule = self.alphas_cumprod.tolist()
+        self.alpha_bars = self.alphas_cumprod.tolist()  # what the samplers read (ᾱ as Python floats)
         self.class_key = class_key
 
+    @property
+    def takes_prompts(self) -> bool:  # type: ignore[override]
+        """Whether the module is a text model (its ``cond_stage_key`` is a caption key)."""
+        return self._text
+
+    def encode_prompts(self, prompts: list[str], negative: bool = False) -> torch.Tensor:
+        """``get_learned_conditioning(prompts)``, as their ``txt2img.py`` encodes prompts (``""``: unconditional)."""
+        if not self._text:
+            return super().encode_prompts(prompts, negative)
+        with torch.no_grad():
+            return self.denoiser.get_learned_conditioning(list(prompts))
+
     def conditioning(self, y: torch.Tensor | None) -> Any:
-        """The module's learned conditioning of class labels, or None."""
-        if y is None:
-            return None
+        """The module's learned conditioning of class labels (a text model's ``y`` is encoded already), or None."""
+        if y is None or self._text:
+            return y
         return self.denoiser.get_learned_conditioning({self.class_key: y})
 
     def call_denoiser(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
