@@ -275,3 +275,22 @@ def test_the_cli_reads_a_pipeline_folder_prompts_from_a_file_and_guidance(sd, sd
         from genunc_lightning.adapters import DiffusersPipelineAdapter
 
         DiffusersPipelineAdapter(str(tmp_path / "nowhere"))
+
+
+def test_with_a_reference_each_prompts_best_k_is_compared_with_random_choices_per_prompt(sd, sd_posterior, tmp_path):
+    from genunc_lightning.evaluation import Evaluation
+    from genunc_lightning.evaluation.selection import class_balanced_random_kept_sets
+
+    data = PromptDataModule(prompts=["a red cat", "a blue door"], samples_per_prompt=6, batch_size=12, seed=1)
+    rows, _ = _predict(DiffusersAdapter.from_pipeline(sd, guidance_scale=3.0, steps=2), sd_posterior, data,
+                       tmp_path / "run")  # fmt: skip
+    reference = [(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)),) for i in range(40)]
+    report = Evaluation(str(tmp_path / "run"), reference, feature_extractor=torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), keep=8, class_balanced=True, random_subsets=6,
+        combinations=[]).run()  # fmt: skip
+    assert {"pixel (class-balanced)", "random (per prompt)", "random"} <= set(report["results"])
+    assert report["results"]["random (per prompt)"]["subsets"] == 6
+    # the per-prompt null keeps each prompt's share, 4 of its 6, at random
+    classes = torch.tensor([int(r["class"]) for r in rows])
+    for kept in class_balanced_random_kept_sets(classes, 8, 20, torch.Generator().manual_seed(0)):
+        assert sorted(classes[kept].tolist()) == [0] * 4 + [1] * 4 and len(set(kept.tolist())) == 8

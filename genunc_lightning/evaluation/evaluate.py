@@ -53,6 +53,7 @@ from genunc_lightning.evaluation.selection import (
     HIGHER_IS_BETTER,
     ORACLE,
     Method,
+    class_balanced_random_kept_sets,
     oracle_kept_sets,
     random_kept_sets,
 )
@@ -184,7 +185,9 @@ class Evaluation:
         scores: score columns to evaluate (all in the table when ``None``).
         combinations: lists of columns combined by summing their ranks, e.g. [[semantic, realism]];
             combinations naming an absent column are skipped.
-        class_balanced: also keep the K best within each class, in proportion.
+        class_balanced: also keep the K best within each class (for a prompt run: within each prompt), in
+            proportion, and measure random kept sets chosen the same way (``random (per class)`` or
+            ``random (per prompt)``) as their null.
         random_subsets: R random kept sets (mean ± std).
         k: neighbourhood size of precision, recall, realism and rarity.
         fractions: kept fractions for the metric-against-fraction plot.
@@ -573,6 +576,10 @@ class Evaluation:
         randoms = [measure(idx) for idx in tqdm(subsets, desc="random kept sets", unit="set", disable=None)]
         if randoms:
             results["random"] = {**mean_and_std(randoms), "kept": kept}
+        if self.class_balanced and (classes >= 0).any() and self.random_subsets:
+            within = class_balanced_random_kept_sets(classes, kept, self.random_subsets, g)
+            label = "random (per prompt)" if read_prompts(self.run_dir) is not None else "random (per class)"
+            results[label] = {**mean_and_std([measure(idx) for idx in within]), "kept": kept}
         if off is not None and self.random_subsets:
             oracles = [measure(idx) for idx in oracle_kept_sets(off, kept, self.random_subsets, g)]
             results[ORACLE] = {**mean_and_std(oracles), "kept": kept}

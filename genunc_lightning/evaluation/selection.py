@@ -64,20 +64,40 @@ def keep_best(values: torch.Tensor, k: int, higher_is_better: bool = False) -> t
     return torch.sort(values.double(), descending=higher_is_better, stable=True).indices[:k]
 
 
-def class_balanced_keep(
-    values: torch.Tensor, classes: torch.Tensor, k: int, higher_is_better: bool = False
-) -> torch.Tensor:
-    """The best within each class, each class keeping its share of ``k`` (largest remainders)."""
+def class_quotas(classes: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """Each class's share of ``k`` kept samples, in proportion to its count (largest remainders)."""
     labels, counts = classes.unique(return_counts=True)
-    quota = counts.double() * k / len(values)
+    quota = counts.double() * k / len(classes)
     take = quota.floor().long()
     remainder = k - int(take.sum())
     take[torch.sort(quota - take, descending=True, stable=True).indices[:remainder]] += 1
+    return list(zip(labels.tolist(), take.tolist(), strict=True))
+
+
+def class_balanced_keep(
+    values: torch.Tensor, classes: torch.Tensor, k: int, higher_is_better: bool = False
+) -> torch.Tensor:
+    """The best within each class, each class keeping its share of ``k`` (``class_quotas``)."""
     kept = []
-    for label, n in zip(labels.tolist(), take.tolist(), strict=True):
+    for label, n in class_quotas(classes, k):
         members = (classes == label).nonzero().flatten()
         kept.append(members[keep_best(values[members], n, higher_is_better)])
     return torch.cat(kept)
+
+
+def class_balanced_random_kept_sets(
+    classes: torch.Tensor, k: int, count: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """``count`` random kept sets that keep each class's share of ``k``, as ``class_balanced_keep`` does.
+
+    The null of a class-balanced (for a prompt run: per-prompt best k of N) kept set.
+    """
+    quotas = class_quotas(classes, k)
+    members = {label: (classes == label).nonzero().flatten() for label, _ in quotas}
+    return [
+        torch.cat([members[label][torch.randperm(len(members[label]), generator=generator)[:n]] for label, n in quotas])
+        for _ in range(count)
+    ]
 
 
 def random_kept_sets(n: int, k: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
