@@ -164,7 +164,7 @@ def test_the_table_has_the_prompt_column_and_the_manifest_the_prompt_list(sd, sd
     assert identity["module"]["adapter"]["settings"]["guidance_scale"] == 3.0
 
 
-def test_bad_prompt_input_is_one_clear_line(sd, tmp_path):
+def test_bad_prompt_input_is_one_clear_line(sd, sd_posterior, tmp_path, caplog):
     from genunc_lightning.adapters import GaussianDiffusionAdapter
     from genunc_lightning.models import MLPDenoiser
 
@@ -184,6 +184,24 @@ def test_bad_prompt_input_is_one_clear_line(sd, tmp_path):
         text.sample(torch.arange(2), steps=1)
     with pytest.raises(TypeError, match="not a diffusers pipeline"):
         DiffusersAdapter.from_pipeline(sd.unet)
+    # through the predict module: prompts for a model without text, a text model without prompts
+    batch = {"index": torch.arange(2), "seed": torch.arange(2), "class": torch.zeros(2, dtype=torch.long)}
+    module = GenerativeUncertaintyModule(adapter, sd_posterior, [PixelLikelihood()], num_members=1)
+    with pytest.raises(ValueError, match="gives prompts, but DiffusersAdapter takes none"):
+        module.predict_step({**batch, "prompt": ["a", "b"]}, 0)
+    module = GenerativeUncertaintyModule(text, sd_posterior, [PixelLikelihood()], num_members=1)
+    with pytest.raises(ValueError, match="gives no prompts: use genunc_lightning.data.PromptDataModule"):
+        module.predict_step(batch, 0)
+    # a prompt longer than the tokenizer's limit: the pipeline's own warning (16 tokens here)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            text.encode_prompts(["a very long prompt that goes on and on"])
+    finally:
+        diffusers_logging.disable_propagation()
+    assert "truncated because CLIP can only handle sequences up to 16 tokens" in caplog.text
     with pytest.raises(ValueError, match="scale <= 1 as no guidance"):
         DiffusersAdapter.from_pipeline(sd, guidance_scale=0.5)
 
