@@ -42,15 +42,15 @@ def clip_text_encoder(tokenizer, hidden: int = 32, seed: int = 0):
     return CLIPTextModel(config).eval()
 
 
-def tiny_vae(seed: int = 0):
-    """An AutoencoderKL with 4 latent channels and a downsampling factor of 2."""
+def tiny_vae(seed: int = 0, **config):
+    """An AutoencoderKL with 4 latent channels and a downsampling factor of 2 (``config``: e.g. SD3's shift)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
-        norm_num_groups=4, sample_size=16,
+        norm_num_groups=4, sample_size=16, **config,
     ).eval()  # fmt: skip
 
 
@@ -143,3 +143,30 @@ def tiny_pixart(seed: int = 0):
     ).eval()  # fmt: skip
     return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_vae(seed + 2),
                                transformer=transformer, scheduler=DDIMScheduler(clip_sample=False))  # fmt: skip
+
+
+def tiny_stable_diffusion_3(directory: Path, seed: int = 0):
+    """A StableDiffusion3Pipeline of tiny parts: two CLIP encoders with projection, a T5, flow matching (shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    tokenizers = [clip_tokenizer(directory / f"tokenizer_{i}") for i in (1, 2)]
+    encoders = []
+    for i, tokenizer in enumerate(tokenizers):
+        torch.manual_seed(seed + 10 + i)
+        encoders.append(CLIPTextModelWithProjection(clip_text_encoder(tokenizer, seed=seed + 10 + i).config).eval())
+    tokenizer_3 = t5_tokenizer()
+    torch.manual_seed(seed + 20)
+    text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=64, d_kv=8, d_ff=37, num_layers=1,
+                                             num_heads=4, relative_attention_num_buckets=8)).eval()  # fmt: skip
+    torch.manual_seed(seed + 1)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, out_channels=4,
+    ).eval()  # fmt: skip
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(seed + 2, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=encoders[0], tokenizer=tokenizers[0], text_encoder_2=encoders[1], tokenizer_2=tokenizers[1],
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+    )  # fmt: skip

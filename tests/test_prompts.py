@@ -105,6 +105,36 @@ def test_a_kept_sample_is_the_pixart_pipelines_own_image(pairs, tmp_path, guidan
         assert (kept - own).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_a_kept_sample_is_the_stable_diffusion_3_pipelines_own_image(pairs, tmp_path, guidance):
+    """SD3: three text encoders, pooled projections, flow matching (FlowMatchEulerDiscreteScheduler, shift 3)."""
+    from genunc_lightning import seeding
+    from tests.pipelines import tiny_stable_diffusion_3
+
+    pipe = tiny_stable_diffusion_3(tmp_path / "sd3")
+    adapter = DiffusersAdapter.from_pipeline(pipe, guidance_scale=guidance, steps=3)
+    posterior = fit_posterior(adapter, pairs, batch_size=4)
+    rows, shards = _predict(adapter, posterior, PromptDataModule(prompts=CAPTIONS[:2], samples_per_prompt=1),
+                            tmp_path / "run")  # fmt: skip
+    for row in rows:
+        own = pipe(row["prompt"], num_inference_steps=3, guidance_scale=guidance, output_type="pt",
+                   generator=torch.Generator().manual_seed(int(row["seed"]))).images[0]  # fmt: skip
+        kept = shards["sample"][(shards["index"] == int(row["index"])).nonzero().item()]
+        assert (kept - own).abs().max().item() <= 1e-4
+    # the Fisher pass's residual: the velocity minus (ε − x0) at x_t = (1 − σ) x0 + σ ε, σ on the training grid
+    images, captions = torch.stack([x for x, _ in pairs[:2]]), [c for _, c in pairs[:2]]
+    seeds = torch.tensor([11, 12])
+    x0 = adapter.encode(images)
+    gens = seeding.generators(seeds, "cpu")
+    eps = seeding.randn(gens, x0.shape[1:], "cpu")
+    grid = type(pipe.scheduler).from_config(pipe.scheduler.config).sigmas  # the pipeline's calls moved its own
+    sigma = grid[seeding.randint(gens, 1000, "cpu")].view(-1, 1, 1, 1)
+    embeds, _, pooled, _ = pipe.encode_prompt(captions, captions, captions, do_classifier_free_guidance=False)
+    velocity = pipe.transformer((1 - sigma) * x0 + sigma * eps, timestep=sigma.flatten() * 1000,
+                                encoder_hidden_states=embeds, pooled_projections=pooled).sample  # fmt: skip
+    torch.testing.assert_close(adapter.residual((images, captions), seeds), velocity - (eps - x0))
+
+
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
 def test_a_kept_sample_is_the_dit_pipelines_own_image(tmp_path, guidance):
     """A guided class-conditional model (DiT, null class 1000) with no glue at all."""

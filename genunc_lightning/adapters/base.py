@@ -368,13 +368,15 @@ class DiffusionAdapter(nn.Module):
         """Training data to the model's space: latent means × scaling factor with a VAE, else itself."""
         if self.vae is None:
             return data
-        return self.vae.encode(data).latent_dist.mean * self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0  # SD3's VAE has one
+        return (self.vae.encode(data).latent_dist.mean - shift) * self.vae.config.scaling_factor
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Maps samples to what people look at: images in [0, 1] for image models (VAE-decoded latents)."""
         if self.vae is not None:
             with torch.no_grad():
-                x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+                shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+                x = self.vae.decode(x / self.vae.config.scaling_factor + shift).sample
         if self.image_range is None:
             return x
         low, high = self.image_range

@@ -19,12 +19,19 @@ from genunc_lightning.adapters.base import DiffusionAdapter
 from genunc_lightning.adapters.layers import original_module
 from genunc_lightning.adapters.samplers import NoiseSource
 
-SUPPORTED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+SUPPORTED_SCHEDULERS = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+)
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 DEFAULT_LAST_LAYER = {
     "UNet2DModel": "conv_out",
     "UNet2DConditionModel": "conv_out",
     "DiTTransformer2DModel": "proj_out_2",
     "PixArtTransformer2DModel": "proj_out",
+    "SD3Transformer2DModel": "proj_out",
 }
 
 
@@ -92,6 +99,21 @@ def _pixart_prompts(pipe: Any) -> Callable[[list[str]], dict[str, Any]]:
     return encode
 
 
+def _stable_diffusion_3_prompts(pipe: Any) -> Callable[[list[str]], dict[str, Any]]:
+    """SD3's own prompt encoding: the CLIP and T5 embeddings joined, and the pooled CLIP embeddings.
+
+    The pipeline's default negative prompt is the empty one, encoded like a prompt.
+    """
+
+    def encode(prompts: list[str]) -> dict[str, Any]:
+        device = next(pipe.transformer.parameters()).device
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device,
+                                                  do_classifier_free_guidance=False)  # fmt: skip
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    return encode
+
+
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
@@ -145,12 +167,15 @@ def pipeline_arguments(
                 "use the 256² or 512² model, or DiffusersAdapter(..., prompt_encoder=...) with those added."
             )
         return {**arguments, "prompt_encoder": _pixart_prompts(pipe)}
+    if kind == "StableDiffusion3Pipeline":
+        return {**arguments, "prompt_encoder": _stable_diffusion_3_prompts(pipe)}
     if kind == "StableDiffusionXLPipeline":
         pixels = (shape[1] * factor, shape[2] * factor)
         return {**arguments, "prompt_encoder": _stable_diffusion_xl_prompts(pipe, pixels)}
     raise TypeError(
         f"{kind} is not supported by from_pipeline yet; supported: DDPMPipeline, DDIMPipeline, DiTPipeline, "
-        "StableDiffusionPipeline, StableDiffusionXLPipeline, PixArtAlphaPipeline. Build DiffusersAdapter(network, "
+        "StableDiffusionPipeline, StableDiffusionXLPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline. Build "
+        "DiffusersAdapter(network, "
         "scheduler, sample_shape, prompt_encoder=...)."
     )
 
@@ -220,9 +245,14 @@ class DiffusersAdapter(DiffusionAdapter):
                 "A UNet2DConditionModel needs prompts (DiffusersAdapter.from_pipeline(pipe)) or fixed "
                 "encoder_hidden_states (e.g. an empty prompt's embedding)."
             )
-        self.scheduler = scheduler
+        # A fresh scheduler of the same config: the pipeline's own is changed by every call of the pipeline
+        # (set_timesteps), which would move a flow scheduler's training σ grid under the Fisher pass.
+        self.scheduler = type(scheduler).from_config(scheduler.config)
         self.steps = int(steps)
-        self.prediction_type = scheduler.config.prediction_type
+        # Flow matching (SD3): x_t = (1 − σ) x0 + σ ε, the network predicts the velocity ε − x0.
+        self.prediction_type = (
+            "flow" if type(scheduler).__name__ in FLOW_SCHEDULERS else scheduler.config.prediction_type
+        )
         if encoder_hidden_states is not None:
             self.register_buffer("encoder_hidden_states", encoder_hidden_states.detach(), persistent=False)
         else:
@@ -317,11 +347,21 @@ class DiffusersAdapter(DiffusionAdapter):
         return out[:, : self.prediction_channels] if self.prediction_channels else out
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
-        """Prediction − target at a per-example training timestep and Gaussian noise."""
+        """Prediction − target at a per-example training timestep and Gaussian noise.
+
+        For flow matching the timestep is drawn uniformly from the scheduler's training σ grid (its shift
+        included): the noise levels its sampler visits, not SD3's logit-normal training density.
+        """
         x0, y = self.training_data(batch)
         gens = seeding.generators(seeds, x0.device)
-        t = seeding.randint(gens, self.scheduler.config.num_train_timesteps, x0.device)
         eps = seeding.randn(gens, x0.shape[1:], x0.device, x0.dtype)
+        if self.prediction_type == "flow":
+            sigmas = self.scheduler.sigmas.to(x0.device, x0.dtype)
+            sigma = sigmas[seeding.randint(gens, len(sigmas), x0.device)]
+            s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+            t = sigma * self.scheduler.config.num_train_timesteps
+            return self.call_denoiser_checked((1 - s) * x0 + s * eps, t, y) - (eps - x0)
+        t = seeding.randint(gens, self.scheduler.config.num_train_timesteps, x0.device)
         xt = self.scheduler.add_noise(x0, eps, t)
         if self.prediction_type == "epsilon":
             target = eps
@@ -337,13 +377,14 @@ class DiffusersAdapter(DiffusionAdapter):
         source = NoiseSource.like(seeds, self.denoiser)
         scheduler = copy.deepcopy(self.scheduler)
         scheduler.set_timesteps(steps or self.steps, device=source.device)
-        x = source(*self.sample_shape) * scheduler.init_noise_sigma
+        x = source(*self.sample_shape) * getattr(scheduler, "init_noise_sigma", 1.0)
         timesteps = list(scheduler.timesteps)
         noise = source(len(timesteps), *self.sample_shape)
         y = classes.to(source.device) if classes is not None else None
+        scale = getattr(scheduler, "scale_model_input", None)
         for i, t in enumerate(timesteps):
-            tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-            out = self.call_denoiser_checked(scheduler.scale_model_input(x, t), tt, y)
+            tt = t.to(x.device).expand(x.shape[0])  # the scheduler's own timestep (σ·1000 for flow matching)
+            out = self.call_denoiser_checked(scale(x, t) if scale is not None else x, tt, y)
             if self._step_takes_noise:
                 x = scheduler.step(out, t, x, variance_noise=noise[:, i]).prev_sample
             else:  # DDPMScheduler draws its noise itself: one generator per sample keeps it per-seed
