@@ -342,3 +342,43 @@ def test_with_a_reference_each_prompts_best_k_is_compared_with_random_choices_pe
     classes = torch.tensor([int(r["class"]) for r in rows])
     for kept in class_balanced_random_kept_sets(classes, 8, 20, torch.Generator().manual_seed(0)):
         assert sorted(classes[kept].tolist()) == [0] * 4 + [1] * 4 and len(set(kept.tolist())) == 8
+
+
+class TinyUViT(torch.nn.Module):
+    """U-ViT-style: tokens, a class token from an embedding of num_classes + 1 (the last one: no class)."""
+
+    def __init__(self, num_classes=4, dim=16):
+        super().__init__()
+        self.patch = torch.nn.Linear(4, dim)
+        self.label_emb = torch.nn.Embedding(num_classes + 1, dim)
+        self.time = torch.nn.Linear(1, dim)
+        self.decoder_pred = torch.nn.Linear(dim, 4)
+
+    def forward(self, x, timesteps, y):
+        tokens = x.flatten(2).transpose(1, 2)  # [B, 16, 4]
+        h = self.patch(tokens) + self.label_emb(y)[:, None] + self.time(timesteps[:, None].float() / 1000)[:, None]
+        return self.decoder_pred(torch.tanh(h)).transpose(1, 2).reshape(x.shape)
+
+
+def test_a_guided_class_conditional_network_needs_no_glue():
+    """GaussianDiffusionAdapter(guidance_scale=w, null_class=K) on a U-ViT-style network equals the CFG loop by hand."""
+    from genunc_lightning.adapters import GaussianDiffusionAdapter
+    from genunc_lightning.adapters.gaussian import alphas_cumprod, sampling_timesteps
+
+    torch.manual_seed(0)
+    net = TinyUViT().eval()
+    adapter = GaussianDiffusionAdapter(net, "decoder_pred", (4, 4, 4), num_classes=4, steps=5, guidance_scale=3.0,
+                                       null_class=4)  # fmt: skip
+    seeds, classes = torch.tensor([1, 2, 3]), torch.tensor([0, 2, 3])
+    ours = adapter.sample(seeds, classes)
+    x = torch.stack([torch.randn(4, 4, 4, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).double()
+    a = alphas_cumprod("linear", 1000)
+    steps = sampling_timesteps(1000, 5).tolist()
+    with torch.no_grad():
+        for i, t in enumerate(steps):
+            tt = torch.full((3,), float(t))
+            e_c, e_u = net(x.float(), tt, classes).double(), net(x.float(), tt, torch.full((3,), 4)).double()
+            e = e_u + 3.0 * (e_c - e_u)
+            x0 = (x - (1 - a[t]).sqrt() * e) / a[t].sqrt()
+            x = x0 if i == len(steps) - 1 else a[steps[i + 1]].sqrt() * x0 + (1 - a[steps[i + 1]]).sqrt() * e
+    torch.testing.assert_close(ours.double(), x, rtol=1e-4, atol=1e-4)
