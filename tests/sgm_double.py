@@ -13,8 +13,8 @@ class OpenAIWrapper(nn.Module):
         self.diffusion_model = TinyOpenAIUNet()
 
     def forward(self, x, t, c, **kwargs):
-        context = c.get("vector")
-        return self.diffusion_model(x, t, context=context[:, None] if context is not None else None)
+        context = c.get("crossattn", c["vector"][:, None] if "vector" in c else None)
+        return self.diffusion_model(x, t, context=context)
 
 
 class EpsScaling:
@@ -76,3 +76,45 @@ class FakeDiffusionEngine(LightningModule):
     @torch.no_grad()
     def decode_first_stage(self, z):
         return self.first_stage_model.decode(z / self.scale_factor)
+
+
+class TextEmbedder(nn.Module):
+    """sgm's FrozenCLIPEmbedder in miniature: captions to [B, tokens, dim], with ``input_key`` "txt"."""
+
+    input_key = "txt"
+
+    def __init__(self, tokens=6, embed_dim=8):
+        super().__init__()
+        self.tokens, self.embedding = tokens, nn.Embedding(128, embed_dim)
+
+    def forward(self, texts):
+        ids = torch.zeros(len(texts), self.tokens, dtype=torch.long)
+        for i, text in enumerate(texts):
+            codes = [min(ord(c), 127) for c in text[: self.tokens]]
+            ids[i, : len(codes)] = torch.tensor(codes, dtype=torch.long)
+        return self.embedding(ids.to(self.embedding.weight.device))
+
+
+class TextConditioner(nn.Module):
+    """sgm's GeneralConditioner: each embedder's output under its key; ``force_zero_embeddings`` zeroes some."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedders = nn.ModuleList([TextEmbedder()])
+
+    def forward(self, batch, force_zero_embeddings=None):
+        out = {}
+        for embedder in self.embedders:
+            emb = embedder(batch[embedder.input_key])
+            if embedder.input_key in (force_zero_embeddings or []):
+                emb = torch.zeros_like(emb)
+            out["crossattn"] = emb
+        return out
+
+
+class FakeTextDiffusionEngine(FakeDiffusionEngine):
+    """A text engine (SDXL-like): captions under "txt" in the batch, cross-attention conditioning."""
+
+    def __init__(self):
+        super().__init__()
+        self.conditioner = TextConditioner()

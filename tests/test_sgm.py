@@ -61,3 +61,35 @@ def test_same_seed_same_sample_and_end_to_end(tmp_path, fit_predict_evaluate):
 def test_not_an_engine():
     with pytest.raises(TypeError, match="needs an sgm DiffusionEngine"):
         SGMAdapter(torch.nn.Linear(2, 2), (2, 4, 4))
+
+
+def test_a_text_engine_with_vanilla_cfg_is_their_guided_euler_loop():
+    """Prompts through the conditioner; uc: the empty prompt with the text embedder zeroed; one call on [x; x]."""
+    import math
+
+    from genunc_lightning.adapters.base import Condition
+    from tests.sgm_double import FakeTextDiffusionEngine
+
+    torch.manual_seed(0)
+    engine = FakeTextDiffusionEngine().eval()
+    ad = SGMAdapter(engine, (2, 4, 4), steps=5, guidance_scale=4.0)
+    assert ad.takes_prompts
+    prompts, seeds = ("a cat", "a dog"), torch.tensor([5, 6])
+    ours = ad.sample(seeds, Condition(torch.tensor([0, 1]), prompts=prompts))
+    # VanillaCFG written out: c_in = cat(uc, c) per key, D on [x; x], x_u + w (x_c − x_u), Euler over the σ grid
+    c = engine.conditioner({"txt": list(prompts)})
+    uc = engine.conditioner({"txt": ["", ""]}, force_zero_embeddings=["txt"])
+    sigmas = engine.denoiser.sigmas
+    idx = torch.linspace(len(sigmas) - 1, 0, 5, dtype=torch.float64).round().long().tolist()
+    schedule = [sigmas[i] for i in idx] + [torch.zeros(())]
+    x = torch.stack([torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    x = x * math.sqrt(1 + float(schedule[0]) ** 2)
+    with torch.no_grad():
+        for sigma, sigma_next in zip(schedule[:-1], schedule[1:], strict=True):
+            both = engine.denoiser(engine.model, torch.cat([x, x]), sigma.expand(4),
+                                   {"crossattn": torch.cat([uc["crossattn"], c["crossattn"]])})  # fmt: skip
+            x_u, x_c = both.chunk(2)
+            x = x + (x - (x_u + 4.0 * (x_c - x_u))) / sigma * (sigma_next - sigma)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="set null_class"):
+        SGMAdapter(FakeDiffusionEngine(), (2, 4, 4), num_classes=3, guidance_scale=2.0)

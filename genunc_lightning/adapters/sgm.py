@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import Condition, DiffusionAdapter, class_labels, require_interface
+from genunc_lightning.adapters.base import Condition, DiffusionAdapter, require_interface
 from genunc_lightning.adapters.samplers import NoiseSource, append_dims, sample_euler_sigmas
 
 
@@ -31,6 +31,11 @@ class SGMAdapter(DiffusionAdapter):
     Sampling: deterministic Euler (sgm's EulerEDMSampler without churn) over ``steps`` σ values
     spaced evenly in index over the denoiser's ``sigmas``, then 0; x_T = n·√(1 + σ_max²) as sgm does.
 
+    Guidance is sgm's ``VanillaCFG``: one call of the denoiser on ``[x; x]`` with ``[uc; c]``, then
+    x̂0_u + w·(x̂0_c − x̂0_u). A text engine (its conditioner has an embedder of ``text_key``) takes prompts,
+    encoded by its conditioner; its unconditional branch is the negative (by default empty) prompt with
+    the text embedder's output zeroed, as their sampling scripts' ``force_uc_zero_embeddings=["txt"]``.
+
     Args:
         engine: the ``DiffusionEngine``.
         sample_shape: latent shape of one sample.
@@ -38,9 +43,11 @@ class SGMAdapter(DiffusionAdapter):
         num_classes: classes of a class-conditional engine, passed to the conditioner as ``class_key``.
         class_key: the batch key of class labels for the conditioner.
         steps: sampling steps.
+        guidance_scale: classifier-free guidance w (1: off).
+        null_class: the unconditional label of a guided class-conditional engine.
+        text_key: the batch key of captions for the conditioner.
+        zero_unconditional_text: zero the text embedder's output in the unconditional branch.
     """
-
-    applies_guidance = False  # the engine / the repository's method calls the network itself
 
     def __init__(
         self,
@@ -50,13 +57,33 @@ class SGMAdapter(DiffusionAdapter):
         num_classes: int | None = None,
         class_key: str = "cls",
         steps: int = 50,
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
+        text_key: str = "txt",
+        zero_unconditional_text: bool = True,
     ) -> None:
+        embedders = getattr(getattr(engine, "conditioner", None), "embedders", [])
+        self._text = num_classes is None and any(getattr(e, "input_key", None) == text_key for e in embedders)
         interface = ("model", "denoiser", "conditioner", "decode_first_stage", "encode_first_stage", "get_input")
         require_interface(engine, interface, "SGMAdapter", "an sgm DiffusionEngine")
         if not hasattr(engine.denoiser, "sigmas"):
             raise ValueError("SGMAdapter supports denoisers with a discrete sigma schedule (DiscreteDenoiser).")
-        super().__init__(engine, last_layer, sample_shape, num_classes, image_range=(-1.0, 1.0))
+        super().__init__(engine, last_layer, sample_shape, num_classes, (-1.0, 1.0), None, guidance_scale, null_class)
         self.class_key, self.steps = class_key, int(steps)
+        self.text_key, self.zero_unconditional_text = text_key, zero_unconditional_text
+
+    @property
+    def takes_prompts(self) -> bool:  # type: ignore[override]
+        """Whether the engine's conditioner embeds captions (``text_key``)."""
+        return self._text
+
+    def encode_prompts(self, prompts: list[str], negative: bool = False) -> dict:
+        """The conditioner's output for captions; for the unconditional branch, the text embedder's zeroed."""
+        if not self._text:
+            return super().encode_prompts(prompts, negative)
+        zero = [self.text_key] if negative and self.zero_unconditional_text else None
+        with torch.no_grad():
+            return self.denoiser.conditioner({self.text_key: list(prompts)}, force_zero_embeddings=zero)
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -85,14 +112,20 @@ class SGMAdapter(DiffusionAdapter):
         c_out = engine.denoiser.scaling(sb)[1]
         return (self.denoise(x0 + sb * noise, sigma, cond) - x0) / c_out
 
+    def _denoise_with(self, x: torch.Tensor, sigma: torch.Tensor, conditioning: Any) -> torch.Tensor:
+        """D(x, σ) for a network conditioning: the conditioner's dict, or class labels (or ``None``)."""
+        if not isinstance(conditioning, dict):
+            conditioning = self.conditioning(conditioning, x.shape[0])
+        return self.denoise(x, sigma, conditioning)
+
     def _sample(self, seeds: torch.Tensor, classes: Condition | None, steps: int | None) -> torch.Tensor:
         noise = NoiseSource.like(seeds, self.denoiser)
         sigmas = self.sigmas.to(noise.device, noise.dtype)
         idx = torch.linspace(len(sigmas) - 1, 0, steps or self.steps, dtype=torch.float64).round().long().tolist()
         schedule = [sigmas[i] for i in idx] + [torch.zeros((), device=noise.device, dtype=noise.dtype)]
         x = noise(*self.sample_shape) * math.sqrt(1 + float(schedule[0]) ** 2)
-        cond = self.conditioning(class_labels(classes).to(noise.device) if classes is not None else None, x.shape[0])
-        return sample_euler_sigmas(lambda z, s: self.denoise(z, s, cond), x, schedule)
+        condition = classes.to(noise.device) if classes is not None else None
+        return sample_euler_sigmas(lambda z, s: self.guided(self._denoise_with, z, s, condition), x, schedule)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] through the engine's first stage."""
