@@ -4,7 +4,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from tests.ldm_double import TinyAutoencoder, TinyOpenAIUNet
+from tests.ldm_double import CharacterEmbedder, TinyAutoencoder, TinyOpenAIUNet
 
 
 class OpenAIWrapper(nn.Module):
@@ -78,21 +78,10 @@ class FakeDiffusionEngine(LightningModule):
         return self.first_stage_model.decode(z / self.scale_factor)
 
 
-class TextEmbedder(nn.Module):
+class TextEmbedder(CharacterEmbedder):
     """sgm's FrozenCLIPEmbedder in miniature: captions to [B, tokens, dim], with ``input_key`` "txt"."""
 
     input_key = "txt"
-
-    def __init__(self, tokens=6, embed_dim=8):
-        super().__init__()
-        self.tokens, self.embedding = tokens, nn.Embedding(128, embed_dim)
-
-    def forward(self, texts):
-        ids = torch.zeros(len(texts), self.tokens, dtype=torch.long)
-        for i, text in enumerate(texts):
-            codes = [min(ord(c), 127) for c in text[: self.tokens]]
-            ids[i, : len(codes)] = torch.tensor(codes, dtype=torch.long)
-        return self.embedding(ids.to(self.embedding.weight.device))
 
 
 class TextConditioner(nn.Module):
