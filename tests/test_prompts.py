@@ -382,3 +382,20 @@ def test_a_guided_class_conditional_network_needs_no_glue():
             x0 = (x - (1 - a[t]).sqrt() * e) / a[t].sqrt()
             x = x0 if i == len(steps) - 1 else a[steps[i + 1]].sqrt() * x0 + (1 - a[steps[i + 1]]).sqrt() * e
     torch.testing.assert_close(ours.double(), x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["DDIMPipeline", "DDPMPipeline"])
+def test_a_kept_sample_is_the_unconditional_pipelines_own_image(tiny_unet, tmp_path, kind):
+    """DDIMPipeline (η = 0) and DDPMPipeline (its noise from each sample's generator) through from_pipeline."""
+    import diffusers
+
+    torch.manual_seed(0)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=100)
+    pipe = getattr(diffusers, kind)(unet=tiny_unet(num_classes=None).eval(), scheduler=scheduler)
+    adapter = DiffusersAdapter.from_pipeline(pipe, steps=4)
+    posterior = fit_posterior(adapter, torch.rand(8, 1, 8, 8) * 2 - 1, batch_size=4)
+    rows, shards = _predict(adapter, posterior, SeedDataModule(2, 2, seed=4), tmp_path / "run")
+    for row, kept in zip(rows, shards["sample"], strict=True):
+        own = pipe(num_inference_steps=4, output_type="np",
+                   generator=torch.Generator().manual_seed(int(row["seed"]))).images[0]  # fmt: skip
+        assert (kept - torch.from_numpy(own).permute(2, 0, 1)).abs().max().item() <= 1e-4

@@ -379,7 +379,9 @@ class DiffusersAdapter(DiffusionAdapter):
         scheduler.set_timesteps(steps or self.steps, device=source.device)
         x = source(*self.sample_shape) * getattr(scheduler, "init_noise_sigma", 1.0)
         timesteps = list(scheduler.timesteps)
-        noise = source(len(timesteps), *self.sample_shape)
+        # A scheduler that takes its noise gets it drawn up front; one that draws it (DDPM) draws from each
+        # sample's generator right after the initial noise, as the pipeline's generator would.
+        noise = source(len(timesteps), *self.sample_shape) if self._step_takes_noise else None
         y = classes.to(source.device) if classes is not None else None
         scale = getattr(scheduler, "scale_model_input", None)
         for i, t in enumerate(timesteps):
