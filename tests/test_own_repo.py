@@ -86,7 +86,7 @@ def test_api_own_checkpoint_preprocessing_and_own_sampler(repo, tmp_path):
         own = adapter.denoiser(6)
     torch.testing.assert_close(shards["sample"][shards["index"].argsort()], (own + 1) / 2)
     assert (table["pixel"].std() > 0) and torch.isfinite(table["pixel"]).all()
-    with pytest.raises(ValueError, match="runs its own steps"):
+    with pytest.raises(ValueError, match="runs a fixed set of 100 sampler steps"):
         GenerativeUncertaintyModule(adapter, callback.posterior, member_steps=20)
 
 

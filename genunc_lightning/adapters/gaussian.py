@@ -28,6 +28,7 @@ class Schedule(str, Enum):
 
     LINEAR = "linear"
     COSINE = "cosine"
+    SCALED_LINEAR = "scaled_linear"  # LDM, Stable Diffusion, U-ViT: √β linear in t
 
 
 class Sampler(str, Enum):
@@ -47,12 +48,15 @@ class DDPMVariance(str, Enum):
 def alphas_cumprod(schedule: str, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """ᾱ_t for t = 0 … num_steps − 1 in float64.
 
-    ``linear``: Ho et al. (2020) betas from ``beta_start`` to ``beta_end``. ``cosine``: Nichol and
-    Dhariwal (2021), betas clipped at 0.999.
+    ``linear``: Ho et al. (2020) betas from ``beta_start`` to ``beta_end``. ``scaled_linear``: betas
+    whose square roots are linear from √``beta_start`` to √``beta_end`` (LDM, Stable Diffusion and
+    U-ViT, with 0.00085 and 0.012). ``cosine``: Nichol and Dhariwal (2021), betas clipped at 0.999.
     """
     schedule = Schedule(schedule)
     if schedule is Schedule.LINEAR:
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    elif schedule is Schedule.SCALED_LINEAR:
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
     else:
         s = 0.008
         steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
@@ -66,6 +70,42 @@ def sampling_timesteps(num_train_steps: int, steps: int) -> torch.Tensor:
     if not 1 <= steps <= num_train_steps:
         raise ValueError(f"steps must be in [1, {num_train_steps}], got {steps}.")
     return torch.linspace(num_train_steps - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+def respaced_timesteps(num_train_steps: int, section_counts: str) -> list[int]:
+    """The training timesteps guided-diffusion's ``timestep_respacing`` keeps, ascending.
+
+    ``"ddimN"``: the smallest integer stride s with ``len(range(0, T, s)) == N``, giving 0, s, 2s, …
+    ``"N"`` or ``"N,M,…"``: the T steps are cut into as many equal sections as counts (the first
+    ``T mod sections`` one step longer), and each section's count taken at fractional stride
+    (size − 1)/(count − 1) from its start, the stride summed in floating point and each index rounded
+    (one count: the section's first step).
+
+    Raises:
+        ValueError: a count larger than its section, or a "ddim" count no integer stride gives.
+    """
+    if section_counts.startswith("ddim"):
+        desired = int(section_counts[len("ddim") :])
+        for stride in range(1, num_train_steps):
+            if len(range(0, num_train_steps, stride)) == desired:
+                return list(range(0, num_train_steps, stride))
+        raise ValueError(f"timestep_respacing={section_counts!r}: no integer stride gives exactly {desired} steps.")
+    counts = [int(c) for c in section_counts.split(",")]
+    size_per, extra = divmod(num_train_steps, len(counts))
+    steps, start = [], 0
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(
+                f"timestep_respacing={section_counts!r}: cannot take {count} steps of a section of {size}."
+            )
+        stride = (size - 1) / (count - 1) if count > 1 else 1
+        position = 0.0
+        for _ in range(count):  # accumulated, not j · stride: their float sums decide 499 against 500
+            steps.append(start + round(position))
+            position += stride
+        start += size
+    return sorted(set(steps))
 
 
 class GaussianDiffusionAdapter(DiffusionAdapter):
@@ -97,6 +137,10 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         ddpm_variance: ``fixed_small`` (β̃_t; DDIM with η = 1) or ``fixed_large`` (β_t) for ``ddpm``.
         guidance_scale: classifier-free guidance w (1: off); see ``DiffusionAdapter``.
         null_class: the unconditional label of a guided class-conditional model (U-ViT, DiT: ``num_classes``).
+        timestep_respacing: guided-diffusion's syntax (``"ddim25"``, ``"250"``, ``"10,15,20"``): the
+            sampler visits exactly the timesteps their ``space_timesteps`` keeps (``respaced_timesteps``),
+            which sets the number of steps; ``None``: ``steps`` evenly spaced from T − 1 to 0.
+        timestep_offset: added to t before the network sees it (U-ViT's network takes t + 1).
     """
 
     def __init__(
@@ -120,8 +164,12 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         ddpm_variance: str = "fixed_small",
         guidance_scale: float = 1.0,
         null_class: int | None = None,
+        timestep_respacing: str | None = None,
+        timestep_offset: int = 0,
     ) -> None:
         super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
+        self.timestep_respacing = timestep_respacing
+        self.timestep_offset = int(timestep_offset)
         self.prediction = Prediction(prediction)
         self.sampler = Sampler(sampler)
         self.ddpm_variance = DDPMVariance(ddpm_variance)
@@ -137,12 +185,32 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         self.register_buffer(
             "alphas_cumprod", alphas_cumprod(schedule, self.num_train_steps, beta_start, beta_end), persistent=False
         )
+        self._respaced = None
+        if timestep_respacing is not None:
+            self._respaced = respaced_timesteps(self.num_train_steps, timestep_respacing)[::-1]
+            self.steps = len(self._respaced)
         sampling_timesteps(self.num_train_steps, self.steps)
         self.alpha_bars: list[float] = self.alphas_cumprod.tolist()  # ᾱ_t as Python floats: no device syncs
 
+    @property
+    def fixed_steps(self) -> bool:
+        """Whether the sampler's steps are fixed (a ``timestep_respacing``): members cannot use fewer."""
+        return self._respaced is not None
+
+    def timesteps(self, steps: int | None = None) -> list[int]:
+        """The training timesteps the sampler visits, noisiest first (``steps`` of them, or the respacing's)."""
+        if self._respaced is not None:
+            if steps not in (None, len(self._respaced)):
+                raise ValueError(
+                    f"timestep_respacing={self.timestep_respacing!r} fixes {len(self._respaced)} steps: leave steps "
+                    f"unset (got {steps})."
+                )
+            return list(self._respaced)
+        return sampling_timesteps(self.num_train_steps, steps or self.steps).tolist()
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
-        out = self.call_denoiser_checked(x, t.to(x.dtype), y)
+        out = self.call_denoiser_checked(x, (t + self.timestep_offset).to(x.dtype), y)
         return out[:, : self.output_channels] if self.output_channels is not None else out
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +260,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         noise = NoiseSource.like(seeds, self.denoiser)
         x = noise(*self.sample_shape)
         y = classes.to(noise.device) if classes is not None else None
-        timesteps = sampling_timesteps(self.num_train_steps, steps or self.steps).tolist()
+        timesteps = self.timesteps(steps)
         # A sample's noise for every step, drawn at once from its generator after its initial noise.
         step_noise = noise(len(timesteps), *self.sample_shape) if self.eta > 0 else None
         fixed_large = self.ddpm_variance is DDPMVariance.FIXED_LARGE

@@ -16,7 +16,7 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter
-from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, Sampler, sampling_timesteps
+from genunc_lightning.adapters.gaussian import GaussianDiffusionAdapter, Sampler
 from genunc_lightning.adapters.samplers import NoiseSource, ddim_transfer, sample_ddim
 from genunc_lightning.fingerprints import fingerprint
 from genunc_lightning.laplace.posterior import DiagonalLaplacePosterior
@@ -130,7 +130,7 @@ class BayesDiff(BaselineScore):
         draws = posterior.sample(self.posterior_samples, torch.Generator().manual_seed(self.seed))
         draws = {k: v.to(noise.device, noise.dtype) for k, v in draws.items()}
         mc_noise = _derived_noise(seeds, 7, noise, torch.float64)
-        timesteps = sampling_timesteps(ad.num_train_steps, steps).tolist()
+        timesteps = ad.timesteps(steps)
         negatives, total = 0, 0
         for i, t in enumerate(timesteps):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
@@ -216,7 +216,7 @@ class AleatoricUncertainty(BaselineScore):
             totals += (eps - eps.mean(0)).pow(2).mean(0).flatten(1).sum(1)
             count += 1
 
-        timesteps = sampling_timesteps(ad.num_train_steps, steps).tolist()
+        timesteps = ad.timesteps(steps)
         sample_ddim(ad.denoised_at(classes), x, timesteps, ad.alpha_bars, callback=renoised_variance)
         return totals / count
 

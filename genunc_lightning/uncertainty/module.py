@@ -120,8 +120,9 @@ class GenerativeUncertaintyModule(StopsOnSigterm, LightningModule):
         self.member_steps = _positive_int(member_steps if member_steps is not None else self.steps, "member_steps (T')")
         if getattr(adapter, "fixed_steps", False) and (self.steps, self.member_steps) != (adapter.steps,) * 2:
             raise ValueError(
-                f"{type(adapter).__name__} samples with the repository's own method, which runs its own steps: leave "
-                f"steps and member_steps unset (got {self.steps} and {self.member_steps})."
+                f"{type(adapter).__name__} runs a fixed set of {adapter.steps} sampler steps (the repository's own "
+                "method, or a timestep_respacing): leave steps and member_steps unset (got "
+                f"{self.steps} and {self.member_steps})."
             )
         if self.member_steps > self.steps:
             raise ValueError(
