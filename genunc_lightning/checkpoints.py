@@ -148,6 +148,14 @@ def load_state_dict(path: str | os.PathLike, what: str = "the model") -> dict[st
     return tensors
 
 
+def with_first_prefix_stripped(state: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The keys under the first of ``prefixes`` that some key starts with, stripped of it (else all keys)."""
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
 def load_weights_into(module: nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...] = ()) -> None:
     """Loads a weights file into ``module``, all keys required.
 
@@ -160,11 +168,7 @@ def load_weights_into(module: nn.Module, path: str | os.PathLike, prefixes: tupl
     Raises:
         ValueError: the file's keys do not fit ``module``.
     """
-    state = load_state_dict(path, type(module).__name__)
-    for prefix in prefixes:
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            break
+    state = with_first_prefix_stripped(load_state_dict(path, type(module).__name__), prefixes)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

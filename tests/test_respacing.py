@@ -87,3 +87,27 @@ def test_a_respaced_ddim_visits_their_timesteps_and_equals_the_ddim_loop_in_floa
     torch.testing.assert_close(ours, x)
     with pytest.raises(ValueError, match="fixes 10 steps"):
         adapter.sample(seeds, steps=5)
+
+
+class Wrapper(torch.nn.Module):
+    """A network wrapped for the adapter, as U-ViT often is: the checkpoint has the inner network's keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.nnet = Recorder()
+
+    def forward(self, x, t):
+        return self.nnet(x, t)
+
+
+def test_weights_of_a_wrapped_network_load_into_its_submodule(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    inner = Recorder()
+    save_file({k: v.contiguous() for k, v in inner.state_dict().items()}, str(tmp_path / "nnet.safetensors"))
+    adapter = GaussianDiffusionAdapter(Wrapper(), "nnet.out", (2,))
+    with pytest.raises(ValueError, match=r"keys are those of the submodule 'nnet': load_weights\(path, into='nnet'\)"):
+        adapter.load_weights(tmp_path / "nnet.safetensors")
+    adapter.load_weights(tmp_path / "nnet.safetensors", into="nnet")
+    torch.testing.assert_close(adapter.denoiser.nnet.out.weight, inner.out.weight, rtol=0, atol=0)

@@ -25,7 +25,7 @@ from genunc_lightning.adapters.layers import (
     resolve_last_layer,
     use_last_layer_weights,
 )
-from genunc_lightning.checkpoints import load_weights_into
+from genunc_lightning.checkpoints import load_state_dict, load_weights_into, with_first_prefix_stripped
 from genunc_lightning.data.batches import data_range_problem, unpack_batch
 from genunc_lightning.fingerprints import fingerprint, scalar_settings
 
@@ -495,14 +495,40 @@ class DiffusionAdapter(nn.Module):
             stacklevel=3,
         )
 
-    def load_weights(self, path: str | Path) -> None:
+    def load_weights(self, path: str | Path, into: str | None = None) -> None:
         """Loads pretrained weights from a Lightning checkpoint, a state dict or a safetensors file.
 
         No code stored in the file runs (see ``genunc_lightning.checkpoints``), so a Lightning
         checkpoint whose hyperparameters hold classes loads too. A Lightning checkpoint of
         ``DiffusionTrainingModule`` holds keys ``adapter.denoiser.*`` and, when trained with EMA,
         ``ema.module.*`` (preferred); a plain state dict or safetensors file holds the denoiser's own keys.
+
+        Args:
+            path: the weights file.
+            into: the dotted name of the denoiser's submodule the file is of (a network wrapped for the
+                adapter, e.g. ``"nnet"`` for a wrapper holding U-ViT as ``self.nnet``); ``None``: the denoiser.
+
+        Raises:
+            ValueError: the file's keys do not fit; when they fit a submodule, the message names ``into=``.
         """
-        load_weights_into(
-            original_module(self.denoiser), path, prefixes=("ema.module.", "ema.", "adapter.denoiser.", "denoiser.")
-        )
+        denoiser = original_module(self.denoiser)
+        target = denoiser.get_submodule(into) if into else denoiser
+        prefixes = ("ema.module.", "ema.", "adapter.denoiser.", "denoiser.")
+        try:
+            load_weights_into(target, path, prefixes=prefixes)
+        except ValueError as err:
+            if into is None:
+                fits = _submodule_the_file_fits(denoiser, path, prefixes)
+                if fits:
+                    raise ValueError(f"{err} The file's keys are those of the submodule {fits!r}: "
+                                     f"load_weights(path, into={fits!r}).") from None  # fmt: skip
+            raise
+
+
+def _submodule_the_file_fits(module: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> str | None:
+    """The name of a submodule whose state dict has exactly the file's keys, if one has."""
+    keys = set(with_first_prefix_stripped(load_state_dict(path, type(module).__name__), prefixes))
+    for name, sub in module.named_modules():
+        if name and set(sub.state_dict()) == keys:
+            return name
+    return None
