@@ -89,6 +89,21 @@ class Condition:
         return Condition(self.ids[rows], prompts, negatives)
 
 
+def _class_conditional_hint(network: nn.Module) -> str | None:
+    """What makes ``network`` look class-conditional (a class embedding, a class count), or ``None``."""
+    network = original_module(network)
+    config = getattr(network, "config", None)
+    for key in ("num_class_embeds", "class_embed_type", "num_embeds_ada_norm"):
+        if config is not None and getattr(config, key, None) is not None:
+            return f"config.{key} = {getattr(config, key)!r}"
+    if isinstance(getattr(network, "num_classes", None), int):
+        return f"num_classes = {network.num_classes}"
+    for name in ("label_emb", "y_embedder", "label_embedding", "class_embedding"):
+        if isinstance(getattr(network, name, None), nn.Module):
+            return f"a {name} module"
+    return None
+
+
 def class_labels(condition: Condition | torch.Tensor) -> torch.Tensor:
     """The class labels of a sampling condition (for families that call their network themselves)."""
     return condition.ids if isinstance(condition, Condition) else condition
@@ -165,6 +180,14 @@ class DiffusionAdapter(nn.Module):
         guidance_scale: float = 1.0,
         null_class: int | None = None,
     ) -> None:
+        if not isinstance(denoiser, nn.Module):
+            kind = type(denoiser).__name__
+            if kind.endswith("Pipeline") or hasattr(denoiser, "components"):
+                raise TypeError(
+                    f"A {kind} was passed where a network is expected: build the adapter with "
+                    "DiffusersAdapter.from_pipeline(pipe), which takes the pipeline's network, scheduler and encoders."
+                )
+            raise TypeError(f"The denoiser must be a torch.nn.Module, got a {kind}.")
         super().__init__()
         self.denoiser = denoiser
         self.vae = vae
@@ -448,7 +471,11 @@ class DiffusionAdapter(nn.Module):
         )
         try:
             out = self.call_denoiser(x, t, y)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, AssertionError, AttributeError) as err:
+            hint = _class_conditional_hint(self.denoiser) if y is None else None
+            if hint:
+                fix = (f"The network looks class-conditional ({hint}) and was called without classes: give the adapter "
+                       "num_classes= (and the predict data num_classes or classes).")  # fmt: skip
             raise DenoiserCallError(f"Calling {call} failed: {type(err).__name__}: {err}. {fix}") from err
         if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0]:
             got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__

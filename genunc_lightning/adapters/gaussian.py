@@ -211,7 +211,14 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
     def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
         out = self.call_denoiser_checked(x, (t + self.timestep_offset).to(x.dtype), y)
-        return out[:, : self.output_channels] if self.output_channels is not None else out
+        if self.output_channels is not None:
+            return out[:, : self.output_channels]
+        if out.shape != x.shape and out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
+            raise ValueError(
+                f"{type(self.denoiser).__name__} returns {out.shape[1]} channels for inputs of {x.shape[1]}: a network "
+                f"that learns its variance (ADM, DiT). Set output_channels={x.shape[1]} to keep the prediction half."
+            )
+        return out
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The schedule follows the data's device, also when the adapter itself was not moved.
