@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--member-chunk", type=int, default=None, help="weight sets per forward (default: the module's)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -131,7 +134,8 @@ def main() -> None:
     plain_parts = {k: v / (args.repeats + 1) for k, v in timers.seconds.items()}
     for members, member_steps in ((5, steps), (1, max(1, steps // 5))):
         module = GenerativeUncertaintyModule(adapter, posterior, [PixelLikelihood()], num_members=members,
-                                             member_steps=member_steps).to(device)  # fmt: skip
+                                             member_steps=member_steps,
+                                             member_chunk=args.member_chunk).to(device)  # fmt: skip
 
         def scored(module: GenerativeUncertaintyModule = module) -> None:
             adapter._prompt_cache.clear()  # each run encodes its prompts, as the pipeline does
@@ -150,7 +154,8 @@ def main() -> None:
             "imgs_per_s_pipeline": args.batch / plain_s, "imgs_per_s_scored": args.batch / scored_s,
         })  # fmt: skip
     report(
-        f"Guided text model ({size}, w = {args.guidance:g}, T = {steps}, batch {args.batch}, {precision}) on "
+        f"Guided text model ({size}, w = {args.guidance:g}, T = {steps}, batch {args.batch}, {precision}, "
+        f"member_chunk {args.member_chunk or 'default'}) on "
         f"{describe_device(device)}; median of {args.repeats}",
         rows,
         [
