@@ -214,6 +214,8 @@ def test_bad_prompt_input_is_one_clear_line(sd, sd_posterior, tmp_path, caplog):
         text.sample(torch.arange(2), steps=1)
     with pytest.raises(TypeError, match="not a diffusers pipeline"):
         DiffusersAdapter.from_pipeline(sd.unet)
+    with pytest.raises(ValueError, match="has no class embedding .* its labels would be ignored"):
+        DiffusersAdapter(sd.unet, sd.scheduler, (4, 8, 8), num_classes=8, encoder_hidden_states=torch.zeros(1, 16, 32))
     # through the predict module: prompts for a model without text, a text model without prompts
     batch = {"index": torch.arange(2), "seed": torch.arange(2), "class": torch.zeros(2, dtype=torch.long)}
     module = GenerativeUncertaintyModule(adapter, sd_posterior, [PixelLikelihood()], num_members=1)

@@ -89,7 +89,7 @@ class Condition:
         return Condition(self.ids[rows], prompts, negatives)
 
 
-def _class_conditional_hint(network: nn.Module) -> str | None:
+def class_conditional_hint(network: nn.Module) -> str | None:
     """What makes ``network`` look class-conditional (a class embedding, a class count), or ``None``."""
     network = original_module(network)
     config = getattr(network, "config", None)
@@ -472,7 +472,7 @@ class DiffusionAdapter(nn.Module):
         try:
             out = self.call_denoiser(x, t, y)
         except (TypeError, ValueError, AssertionError, AttributeError) as err:
-            hint = _class_conditional_hint(self.denoiser) if y is None else None
+            hint = class_conditional_hint(self.denoiser) if y is None else None
             if hint:
                 fix = (f"The network looks class-conditional ({hint}) and was called without classes: give the adapter "
                        "num_classes= (and the predict data num_classes or classes).")  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from genunc_lightning import seeding
-from genunc_lightning.adapters.base import DiffusionAdapter
+from genunc_lightning.adapters.base import DiffusionAdapter, class_conditional_hint
 from genunc_lightning.adapters.layers import original_module
 from genunc_lightning.adapters.samplers import NoiseSource
 
@@ -233,6 +233,12 @@ class DiffusersAdapter(DiffusionAdapter):
             if kind not in DEFAULT_LAST_LAYER:
                 raise ValueError(f"Name the last layer of a {kind}: defaults exist for {sorted(DEFAULT_LAST_LAYER)}.")
             last_layer = DEFAULT_LAST_LAYER[kind]
+        if num_classes is not None and class_conditional_hint(denoiser) is None:
+            raise ValueError(
+                f"num_classes={num_classes}, but this {kind} has no class embedding (config num_class_embeds, "
+                "class_embed_type or num_embeds_ada_norm): its labels would be ignored. Leave num_classes unset, or "
+                "give captions to a text model (DiffusersAdapter.from_pipeline)."
+            )
         if prompt_encoder is not None and (num_classes is not None or encoder_hidden_states is not None):
             raise ValueError("A text model's adapter takes prompts: leave num_classes and encoder_hidden_states unset.")
         super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
