@@ -401,3 +401,22 @@ def test_a_kept_sample_is_the_unconditional_pipelines_own_image(tiny_unet, tmp_p
         own = pipe(num_inference_steps=4, output_type="np",
                    generator=torch.Generator().manual_seed(int(row["seed"]))).images[0]  # fmt: skip
         assert (kept - torch.from_numpy(own).permute(2, 0, 1)).abs().max().item() <= 1e-4
+
+
+def test_reject_and_best_of_n_within_uneven_groups_against_numpy():
+    import numpy as np
+
+    from genunc_lightning.evaluation.prompt_sets import best_of_n, ranks_within_groups, rejected_fraction
+
+    values = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.2, 0.8, 0.4, 0.7])
+    groups = torch.tensor([2, 2, 2, 7, 7, 7, 7, 7])  # 3 and 5 samples: ceil(1.5) = 2 and ceil(2.5) = 3 rejected
+    ranks = ranks_within_groups(values, groups)
+    flags = rejected_fraction(ranks, groups, 0.5)
+    expected = set()
+    for g, k in ((2, 2), (7, 3)):
+        members = np.flatnonzero(groups.numpy() == g)
+        expected |= set(members[np.argsort(values.numpy()[members])[-k:]].tolist())
+    assert set(flags.nonzero().flatten().tolist()) == expected
+    assert best_of_n(ranks, groups) == {2: 2, 7: 4}
+    higher = ranks_within_groups(values, groups, higher_is_better=True)
+    assert best_of_n(higher, groups) == {2: 1, 7: 5}

@@ -283,15 +283,19 @@ class Evaluation:
         ``evaluation.json`` and ``evaluation.md``.
         """
         from genunc_lightning import plots
-        from genunc_lightning.evaluation.prompt_sets import best_of_n, ranks_within_groups, rejected
+        from genunc_lightning.evaluation.prompt_sets import (
+            best_of_n,
+            ranks_within_groups,
+            rejected_fraction,
+            rejected_threshold,
+        )
 
         prompts = read_prompts(self.run_dir)
         groups = table["class"]
         names = [c for c in table if c not in TABLE_COLUMNS and (self.scores is None or c in self.scores)]
         if not names:
-            raise EvaluationError(
-                f"{self.run_dir} has no score columns to rank by{' of ' + str(self.scores) if self.scores else ''}."
-            )
+            asked = f" among {self.scores}" if self.scores else ""
+            raise EvaluationError(f"{self.run_dir} has no score columns to rank by{asked}.")
         unknown = sorted(set(self.reject_threshold or {}) - set(names))
         if unknown:
             raise EvaluationError(
@@ -304,18 +308,15 @@ class Evaluation:
         out = self.output_dir
         per_score = {}
         for name in names:
-            higher = name in HIGHER_IS_BETTER
-            values = table[name]
-            threshold = (self.reject_threshold or {}).get(name) if self.reject_threshold else None
-            fraction = None if self.reject_threshold else self.reject_fraction
-            if threshold is None and fraction is None:
-                fraction = 0.0
-            per_score[name] = {
-                "ranks": ranks_within_groups(values, groups, higher),
-                "rejected": rejected(values, groups, fraction, threshold, higher),
-                "best": best_of_n(values, groups, higher),
-                "rule": {"fraction": fraction} if threshold is None else {"threshold": threshold},
-            }
+            higher, values = name in HIGHER_IS_BETTER, table[name]
+            ranks = ranks_within_groups(values, groups, higher)
+            threshold = (self.reject_threshold or {}).get(name)
+            if threshold is None:  # with thresholds given, a score without one rejects nothing
+                fraction = self.reject_fraction or 0.0
+                flags, rule = rejected_fraction(ranks, groups, fraction), {"fraction": fraction}
+            else:
+                flags, rule = rejected_threshold(values, threshold, higher), {"threshold": threshold}
+            per_score[name] = {"ranks": ranks, "rejected": flags, "best": best_of_n(ranks, groups), "rule": rule}
         header = ["index", "seed", "class", "prompt"]
         for name in names:
             header += [name, f"{name}_rank", f"{name}_rejected"]
@@ -342,12 +343,13 @@ class Evaluation:
         best_header = ["class", "prompt", *[f"{name}_{c}" for name in names for c in ("index", "seed", "value")]]
         write_csv_atomic(out / "best_of_n.csv", best_header, best_rows)
         if samples.dim() == 4:
-            for name in names:
-                for g in groups.unique().tolist():
-                    members = (groups == g).nonzero().flatten()
-                    order = members[per_score[name]["ranks"][members].argsort()]
+            for g in groups.unique().tolist():
+                members = (groups == g).nonzero().flatten()
+                images = samples[members]  # each prompt's samples read once, for every score's gallery
+                for name in names:
+                    order = per_score[name]["ranks"][members].argsort()
                     safe = name.replace("/", "_").replace(" ", "_")
-                    plots.gallery(samples[order], table[name][order], f"{label(g)} — by {name}, best first",
+                    plots.gallery(images[order], table[name][members[order]], f"{label(g)} — by {name}, best first",
                                   out / "galleries" / safe / f"prompt_{g}.png")  # fmt: skip
         report = {
             "run_dir": str(self.run_dir),

@@ -9,8 +9,6 @@ Pure functions of the table's columns; ``Evaluation`` writes the files.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -24,38 +22,24 @@ def ranks_within_groups(values: torch.Tensor, groups: torch.Tensor, higher_is_be
     return ranks
 
 
-def rejected(
-    values: torch.Tensor,
-    groups: torch.Tensor,
-    fraction: float | None = None,
-    threshold: float | None = None,
-    higher_is_better: bool = False,
-) -> torch.Tensor:
-    """Which samples to reject: the worst ``ceil(fraction · n_g)`` of each group, or those beyond ``threshold``.
-
-    Args:
-        values: one score per sample.
-        groups: each sample's group (prompt).
-        fraction: the share of each group's samples to reject, in [0, 1).
-        threshold: reject samples whose score is above it (below it where higher is better).
-        higher_is_better: the score's direction (realism: higher is better; uncertainty: lower is).
+def rejected_fraction(ranks: torch.Tensor, groups: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Which samples are among the worst ``ceil(fraction · n_g)`` of their group (``ranks`` as above).
 
     Raises:
-        ValueError: neither or both of ``fraction`` and ``threshold``, or a fraction outside [0, 1).
+        ValueError: a fraction outside [0, 1).
     """
-    if (fraction is None) == (threshold is None):
-        raise ValueError("Reject by a fraction of each prompt's samples or by a threshold on the score, one of them.")
-    if threshold is not None:
-        return values < threshold if higher_is_better else values > threshold
     if not 0 <= fraction < 1:
         raise ValueError(f"The rejected fraction must be in [0, 1), got {fraction}.")
-    ranks = ranks_within_groups(values, groups, higher_is_better)
-    sizes = {int(g): int((groups == g).sum()) for g in groups.unique()}
-    kept = torch.tensor([sizes[int(g)] - math.ceil(fraction * sizes[int(g)]) for g in groups])
-    return ranks >= kept
+    labels, sizes = groups.unique(return_counts=True)
+    size = sizes[torch.searchsorted(labels, groups)]
+    return ranks >= size - torch.ceil(fraction * size.double()).long()
 
 
-def best_of_n(values: torch.Tensor, groups: torch.Tensor, higher_is_better: bool = False) -> dict[int, int]:
-    """Per group, the position of its best sample by the score."""
-    ranks = ranks_within_groups(values, groups, higher_is_better)
+def rejected_threshold(values: torch.Tensor, threshold: float, higher_is_better: bool = False) -> torch.Tensor:
+    """Which samples' scores are beyond ``threshold``: above it, or below it where higher is better."""
+    return values < threshold if higher_is_better else values > threshold
+
+
+def best_of_n(ranks: torch.Tensor, groups: torch.Tensor) -> dict[int, int]:
+    """Per group, the position of its best sample (rank 0)."""
     return {int(groups[i]): int(i) for i in (ranks == 0).nonzero().flatten()}
