@@ -248,33 +248,22 @@ class GenerativeUncertaintyModule(StopsOnSigterm, LightningModule):
         return kept, torch.cat([kept[None], members]) if self.include_pretrained else members
 
     def condition(self, batch: dict[str, Any], index: torch.Tensor, classes: torch.Tensor) -> Condition | None:
-        """The batch's sampling ``Condition``: its classes, or its prompts for a text model (checked)."""
+        """The batch's sampling ``Condition`` (its classes, and its prompts if it gives any), checked by the adapter."""
         prompts, negatives = batch.get("prompt"), batch.get("negative_prompt")
-        if self.adapter.takes_prompts or prompts is not None:
-            if not self.adapter.takes_prompts:
-                raise ValueError(
-                    f"The predict data gives prompts, but {type(self.adapter).__name__} takes none: use SeedDataModule "
-                    "(classes or nothing), or a text model's adapter (DiffusersAdapter.from_pipeline)."
-                )
-            if prompts is None:
-                raise ValueError(
-                    f"{type(self.adapter).__name__} is conditioned on text, but the predict data gives no prompts: use "
-                    "genunc_lightning.data.PromptDataModule(prompts=[...])."
-                )
-            return Condition(classes.to(self.device), tuple(prompts), tuple(negatives) if negatives else None)
         num_classes = self.adapter.num_classes
-        if num_classes is None:
-            return None
-        bad = (classes < 0) | (classes >= num_classes)
-        if bad.any():
-            given = sorted(set(classes[bad].tolist()))[:5]
-            hint = ("the data gives none: set data.num_classes" if UNCONDITIONAL in given
-                    else "set data.num_classes or data.classes to match the model")  # fmt: skip
-            raise ValueError(
-                f"The model is class-conditional with {num_classes} classes (0 … {num_classes - 1}), but samples "
-                f"{index[bad][:5].tolist()} ask for classes {given}: {hint}."
-            )
-        return Condition(classes.to(self.device))
+        if num_classes is not None:
+            bad = (classes < 0) | (classes >= num_classes)
+            if bad.any():
+                given = sorted(set(classes[bad].tolist()))[:5]
+                hint = ("the data gives none: set data.num_classes" if UNCONDITIONAL in given
+                        else "set data.num_classes or data.classes to match the model")  # fmt: skip
+                raise ValueError(
+                    f"The model is class-conditional with {num_classes} classes (0 … {num_classes - 1}), but samples "
+                    f"{index[bad][:5].tolist()} ask for classes {given}: {hint}."
+                )
+        condition = Condition(classes.to(self.device), tuple(prompts) if prompts is not None else None,
+                              tuple(negatives) if negatives else None)  # fmt: skip
+        return self.adapter.condition_of(condition, len(index))
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> ScoredPrediction:
         """Samples, members and scores for one batch of ``{"index", "seed", "class"}``."""
