@@ -326,14 +326,13 @@ class DiffusionAdapter(nn.Module):
             keep: keep the encodings for later calls (a predict run's prompts; not a training set's captions).
             negative: the texts are the unconditional branch's (see ``encode_prompts``).
         """
-        kept, local = self._prompt_cache, {}
         keys = [(negative, t) for t in texts]
-        new = sorted({k for k in keys if k not in kept and k not in local})
+        known = self._prompt_cache if keep else dict(self._prompt_cache)  # captions are encoded, not kept
+        new = sorted({k for k in keys if k not in known})
         if new:
             encoded = self.encode_prompts([t for _, t in new], negative=negative)
-            for i, key in enumerate(new):
-                (kept if keep else local)[key] = _rows(encoded, torch.tensor([i]))
-        return _stack_rows([kept[k] if k in kept else local[k] for k in keys])
+            known.update({key: _rows(encoded, torch.tensor([i])) for i, key in enumerate(new)})
+        return _stack_rows([known[k] for k in keys])
 
     def guided(self, predict: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
         """``predict(x, t, conditioning)`` for a sampling ``Condition`` ``y``, with classifier-free guidance.

@@ -181,7 +181,7 @@ def pipeline_arguments(
 
 
 class DiffusersAdapter(DiffusionAdapter):
-    """Adapter for diffusers' UNet2DModel, UNet2DConditionModel and DiTTransformer2DModel.
+    """Adapter for diffusers' UNets and transformers (DiT, PixArt, SD3) with a diffusers scheduler.
 
     The Fisher loss follows the scheduler's ``prediction_type`` (``epsilon``, ``v_prediction``,
     ``sample``). A model that learns its variance (output channels = 2 × input channels, as DiT)
@@ -194,9 +194,10 @@ class DiffusersAdapter(DiffusionAdapter):
 
     Args:
         denoiser: the diffusers model.
-        scheduler: a ``DDPMScheduler``, ``DDIMScheduler`` or ``DPMSolverMultistepScheduler``.
+        scheduler: a ``DDPMScheduler``, ``DDIMScheduler``, ``DPMSolverMultistepScheduler`` or
+            ``FlowMatchEulerDiscreteScheduler`` (its shift included).
         sample_shape: shape of one sample (latent shape for latent models).
-        last_layer: dotted name of the last layer (default: ``conv_out`` for UNets, ``proj_out_2`` for DiT).
+        last_layer: dotted name of the last layer (default: ``DEFAULT_LAST_LAYER`` of the network's class).
         num_classes: classes for class-conditional models (``class_labels``).
         steps: sampling steps.
         encoder_hidden_states: fixed cross-attention conditioning for UNet2DConditionModel, shape
@@ -287,8 +288,9 @@ class DiffusersAdapter(DiffusionAdapter):
         and ``generator=torch.Generator().manual_seed(seed)``, with ``seed`` the value in the sample's
         row of ``scores.csv``, so a flagged sample can be regenerated with the user's own pipeline.
 
-        Pipelines: ``DDPMPipeline`` / ``DDIMPipeline`` (unconditional), ``StableDiffusionPipeline``
-        (text) and ``DiTPipeline`` (classes, null class ``num_classes``).
+        Pipelines: ``DDPMPipeline`` / ``DDIMPipeline`` (unconditional), ``DiTPipeline`` (classes, null
+        class ``num_classes``), and the text pipelines ``StableDiffusionPipeline``,
+        ``StableDiffusionXLPipeline``, ``PixArtAlphaPipeline`` and ``StableDiffusion3Pipeline``.
 
         Args:
             pipe: the pipeline.
