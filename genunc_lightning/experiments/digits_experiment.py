@@ -131,7 +131,8 @@ class HeldOutEvaluation:
         }
         s = self.sizes
         self.reference = {name: apply_network(net, reference[: s.reference]) for name, net in self.spaces.items()}
-        calibration_features = {name: apply_network(net, calibration) for name, net in self.spaces.items()}
+        # Real sets of the floor: the calibration digits' features in each space.
+        self.calibration_features = {name: apply_network(net, calibration) for name, net in self.spaces.items()}
         self.floor = {
             name: {
                 **noise_floor(self.reference[name], real, s.keep, s.floor_draws, s.k, s.kid_subsets, seed),
@@ -139,7 +140,7 @@ class HeldOutEvaluation:
                 "kept_size": s.keep,
                 "split": "calibration, against the fixed reference",
             }
-            for name, real in calibration_features.items()
+            for name, real in self.calibration_features.items()
         }
         self.accuracy = {
             "scorer": (apply_network(scorer_classifier, heldout).argmax(1) == heldout_labels).double().mean().item(),

@@ -128,13 +128,10 @@ def fixed_reference_floor(
     evaluation: HeldOutEvaluation, seed: int = 0, draws: int = FLOOR_DRAWS
 ) -> dict[str, dict[str, list[float]]]:
     """§4: real sets of K calibration digits against the fixed reference, ``draws`` draws per space."""
-    calibration, _ = images01("calibration")
     s = evaluation.sizes
     return {
-        name: noise_floor(
-            evaluation.reference[name], apply_network(net, calibration), s.keep, draws, s.k, kid_subsets=0, seed=seed
-        )["values"]
-        for name, net in evaluation.spaces.items()
+        name: noise_floor(evaluation.reference[name], real, s.keep, draws, s.k, kid_subsets=0, seed=seed)["values"]
+        for name, real in evaluation.calibration_features.items()
     }
 
 
