@@ -89,9 +89,11 @@ def test_fit_laplace_predict_evaluate(kind, scheduler, tmp_path, fit_predict_eva
     assert {"pixel", "random", "realism"} <= set(report["results"])
 
 
-def test_unsupported_scheduler_and_unreached_layer(tiny_unet):
-    with pytest.raises(ValueError, match="supported schedulers: DDPMScheduler, DDIMScheduler"):
-        DiffusersAdapter(tiny_unet(), diffusers.EulerDiscreteScheduler(), (1, 8, 8), num_classes=3)
+def test_a_scheduler_without_the_api_and_an_unreached_layer_are_refused(tiny_unet):
+    with pytest.raises(TypeError, match="has no set_timesteps, step, timesteps: a scheduler needs diffusers' sampling"):
+        DiffusersAdapter(tiny_unet(), object(), (1, 8, 8), num_classes=3)
+    with pytest.raises(ValueError, match="variance_type='learned_range'.*ddpm_variance='learned_range'"):
+        DiffusersAdapter(tiny_unet(), diffusers.DDPMScheduler(variance_type="learned_range"), (1, 8, 8), num_classes=3)
     model = tiny_unet()
     model.unused = torch.nn.Conv2d(8, 1, 3, padding=1)
     adapter = DiffusersAdapter(model, diffusers.DDIMScheduler(num_train_timesteps=100), (1, 8, 8), "unused", 3, 2)

@@ -5,7 +5,6 @@ Importing this module needs no diffusers; constructing ``DiffusersAdapter`` does
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,15 +16,34 @@ from torch import nn
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter, class_conditional_hint
 from genunc_lightning.adapters.layers import original_module
-from genunc_lightning.adapters.samplers import NoiseSource
+from genunc_lightning.adapters.samplers import NoiseSource, check_scheduler, sample_with_scheduler
 
-SUPPORTED_SCHEDULERS = (
+# Schedulers whose samples are tested against their own loop (tests/test_schedulers.py); any other with the
+# same set_timesteps / scale_model_input / step API runs through the same loop.
+TESTED_SCHEDULERS = (
     "DDPMScheduler",
     "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "LCMScheduler",
     "FlowMatchEulerDiscreteScheduler",
 )
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """Whether ``scheduler`` samples a flow-matching model (SD3's ``FlowMatch…`` schedulers)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
 DEFAULT_LAST_LAYER = {
     "UNet2DModel": "conv_out",
     "UNet2DConditionModel": "conv_out",
@@ -181,21 +199,25 @@ def pipeline_arguments(
 
 
 class DiffusersAdapter(DiffusionAdapter):
-    """Adapter for diffusers' UNets and transformers (DiT, PixArt, SD3) with a diffusers scheduler.
+    """Adapter for a network with a diffusers scheduler: diffusers' UNets and transformers, or any other network.
 
-    The Fisher loss follows the scheduler's ``prediction_type`` (``epsilon``, ``v_prediction``,
-    ``sample``). A model that learns its variance (output channels = 2 × input channels, as DiT)
-    contributes only the first half, the prediction, to the loss and the sampler. With a ``vae``,
-    the model is a latent model: training images are encoded to latent means (× the VAE's scaling
+    Any scheduler with diffusers' ``set_timesteps`` / ``scale_model_input`` / ``step`` API samples
+    (``sample_with_scheduler``: DDPM, DDIM, PNDM, Euler, Euler ancestral, Heun, KDPM2 (ancestral), LMS,
+    DPM-Solver (multistep with Karras σ or SDE, singlestep), DEIS, UniPC, LCM, FlowMatchEuler; each
+    tested against its own loop). A network that is not a diffusers model (U-ViT, ADM, your own) works
+    too: name its ``last_layer``, give ``sample_shape``, and override ``call_denoiser`` when it is not
+    called as ``network(x, t)``. The Fisher loss follows the scheduler's ``prediction_type`` (``epsilon``,
+    ``v_prediction``, ``sample``) on its training ᾱ. A model that learns its variance (output channels =
+    2 × input channels, as DiT) contributes only the first half, the prediction, to the loss and the sampler.
+    With a ``vae``, the model is a latent model: training images are encoded to latent means (× the VAE's scaling
     factor) and samples are decoded before any feature extractor sees them.
 
     Sampling runs a copy of the scheduler per call (multistep schedulers keep state), and each
     sample's noise (initial and per step) comes from its own seeded generator.
 
     Args:
-        denoiser: the diffusers model.
-        scheduler: a ``DDPMScheduler``, ``DDIMScheduler``, ``DPMSolverMultistepScheduler`` or
-            ``FlowMatchEulerDiscreteScheduler`` (its shift included).
+        denoiser: the network (a diffusers model, or any ``nn.Module``).
+        scheduler: a diffusers scheduler (a flow-matching one with its shift included).
         sample_shape: shape of one sample (latent shape for latent models).
         last_layer: dotted name of the last layer (default: ``DEFAULT_LAST_LAYER`` of the network's class).
         num_classes: classes for class-conditional models (``class_labels``).
@@ -243,9 +265,11 @@ class DiffusersAdapter(DiffusionAdapter):
         if prompt_encoder is not None and (num_classes is not None or encoder_hidden_states is not None):
             raise ValueError("A text model's adapter takes prompts: leave num_classes and encoder_hidden_states unset.")
         super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
-        if type(scheduler).__name__ not in SUPPORTED_SCHEDULERS:
+        check_scheduler(scheduler)
+        if not is_flow_scheduler(scheduler) and getattr(scheduler, "alphas_cumprod", None) is None:
             raise ValueError(
-                f"{type(scheduler).__name__} is not supported; supported schedulers: {', '.join(SUPPORTED_SCHEDULERS)}."
+                f"{type(scheduler).__name__} has no alphas_cumprod, the training schedule the Fisher pass noises with: "
+                "use a scheduler built from the network's betas (DDPM-family or FlowMatch schedulers)."
             )
         if kind == "UNet2DConditionModel" and encoder_hidden_states is None and prompt_encoder is None:
             raise ValueError(
@@ -257,17 +281,15 @@ class DiffusersAdapter(DiffusionAdapter):
         self.scheduler = type(scheduler).from_config(scheduler.config)
         self.steps = int(steps)
         # Flow matching (SD3): x_t = (1 − σ) x0 + σ ε, the network predicts the velocity ε − x0.
-        self.prediction_type = (
-            "flow" if type(scheduler).__name__ in FLOW_SCHEDULERS else scheduler.config.prediction_type
-        )
+        self.prediction_type = "flow" if is_flow_scheduler(scheduler) else scheduler.config.prediction_type
         if encoder_hidden_states is not None:
             self.register_buffer("encoder_hidden_states", encoder_hidden_states.detach(), persistent=False)
         else:
             self.encoder_hidden_states = None
-        in_ch = getattr(denoiser.config, "in_channels", sample_shape[0])
-        out_ch = getattr(denoiser.config, "out_channels", in_ch) or in_ch
+        config = getattr(original_module(denoiser), "config", None)  # a network of another library has none
+        in_ch = getattr(config, "in_channels", sample_shape[0])
+        out_ch = getattr(config, "out_channels", in_ch) or in_ch
         self.prediction_channels = in_ch if out_ch == 2 * in_ch else None
-        self._step_takes_noise = "variance_noise" in inspect.signature(scheduler.step).parameters
         positional = list(inspect.signature(original_module(denoiser).forward).parameters)
         self._timestep_positional = len(positional) > 1 and positional[1] in ("timestep", "t", "timesteps")
 
@@ -370,11 +392,15 @@ class DiffusersAdapter(DiffusionAdapter):
             t = sigma * self.scheduler.config.num_train_timesteps
             return self.call_denoiser_checked((1 - s) * x0 + s * eps, t, y) - (eps - x0)
         t = seeding.randint(gens, self.scheduler.config.num_train_timesteps, x0.device)
-        xt = self.scheduler.add_noise(x0, eps, t)
+        # The training forward process on the scheduler's ᾱ, as DDPMScheduler.add_noise computes it: a sampling
+        # scheduler's own add_noise (Euler, UniPC) takes only its inference timesteps.
+        a = self.scheduler.alphas_cumprod.to(x0.device, x0.dtype)[t].view(-1, *([1] * (x0.dim() - 1)))
+        sa, sb = a**0.5, (1 - a) ** 0.5
+        xt = sa * x0 + sb * eps
         if self.prediction_type == "epsilon":
             target = eps
         elif self.prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(x0, eps, t)
+            target = sa * eps - sb * x0
         elif self.prediction_type == "sample":
             target = x0
         else:
@@ -383,23 +409,9 @@ class DiffusersAdapter(DiffusionAdapter):
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
         source = NoiseSource.like(seeds, self.denoiser)
-        scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(steps or self.steps, device=source.device)
-        x = source(*self.sample_shape) * getattr(scheduler, "init_noise_sigma", 1.0)
-        timesteps = list(scheduler.timesteps)
-        # A scheduler that takes its noise gets it drawn up front; one that draws it (DDPM) draws from each
-        # sample's generator right after the initial noise, as the pipeline's generator would.
-        noise = source(len(timesteps), *self.sample_shape) if self._step_takes_noise else None
         y = classes.to(source.device) if classes is not None else None
-        scale = getattr(scheduler, "scale_model_input", None)
-        for i, t in enumerate(timesteps):
-            tt = t.to(x.device).expand(x.shape[0])  # the scheduler's own timestep (σ·1000 for flow matching)
-            out = self.call_denoiser_checked(scale(x, t) if scale is not None else x, tt, y)
-            if self._step_takes_noise:
-                x = scheduler.step(out, t, x, variance_noise=noise[:, i]).prev_sample
-            else:  # DDPMScheduler draws its noise itself: one generator per sample keeps it per-seed
-                x = scheduler.step(out, t, x, generator=source.generators).prev_sample
-        return x
+        output = lambda x, t: self.call_denoiser_checked(x, t, y)  # noqa: E731 - t: the scheduler's own timestep
+        return sample_with_scheduler(output, self.scheduler, steps or self.steps, source, self.sample_shape)
 
 
 class DiffusersPipelineAdapter(DiffusersAdapter):

@@ -1,4 +1,4 @@
-"""Gaussian diffusion (DDPM family): ε-, v- and x0-prediction; DDPM and DDIM samplers."""
+"""Gaussian diffusion (DDPM family): ε-, v- and x0-prediction; DDPM, DDIM, DPM-Solver or any diffusers scheduler."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from torch import nn
 
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter
-from genunc_lightning.adapters.samplers import NoiseSource, append_dims, ddim_update, sample_ddim
+from genunc_lightning.adapters.samplers import (
+    DiscreteVPSchedule,
+    NoiseSource,
+    append_dims,
+    check_scheduler,
+    ddim_update,
+    sample_ddim,
+    sample_dpm_solver,
+    sample_with_scheduler,
+)
 
 
 class Prediction(str, Enum):
@@ -32,10 +41,17 @@ class Schedule(str, Enum):
 
 
 class Sampler(str, Enum):
-    """Reverse-process sampler."""
+    """The built-in reverse-process samplers."""
 
     DDPM = "ddpm"
     DDIM = "ddim"
+    DPM_SOLVER_2 = "dpm_solver_2"  # singlestep, noise prediction (Lu et al. 2022a)
+    DPM_SOLVER_PP_2S = "dpm_solver++_2s"  # singlestep, data prediction: U-ViT's DPM_Solver(predict_x0=True), order 2
+    DPM_SOLVER_PP_2M = "dpm_solver++_2m"  # multistep, data prediction (Lu et al. 2022b)
+
+
+DPM_SOLVERS = (Sampler.DPM_SOLVER_2, Sampler.DPM_SOLVER_PP_2S, Sampler.DPM_SOLVER_PP_2M)
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 
 
 class DDPMVariance(str, Enum):
@@ -43,6 +59,7 @@ class DDPMVariance(str, Enum):
 
     FIXED_SMALL = "fixed_small"  # β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t: DDIM with η = 1
     FIXED_LARGE = "fixed_large"  # β_t, what many DDPM repositories sample with
+    LEARNED_RANGE = "learned_range"  # improved-diffusion and ADM: between log β̃_t and log β_t, from the network
 
 
 def alphas_cumprod(schedule: str, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -112,8 +129,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
     """Adapter for a denoiser trained on the Gaussian forward process x_t = √ᾱ x0 + √(1−ᾱ) ε.
 
     The denoiser is called as ``denoiser(x_t, t)`` or ``denoiser(x_t, t, y)`` with ``t`` the
-    float training timestep in [0, num_train_steps); override ``call_denoiser`` for another
-    signature.
+    float training timestep in [0, num_train_steps) (plus ``timestep_offset``); override
+    ``call_denoiser`` for another signature.
 
     Args:
         denoiser: the network.
@@ -121,26 +138,35 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         sample_shape: shape of one sample.
         num_classes: classes of a class-conditional model, or ``None``.
         prediction: ``eps``, ``v`` or ``x0``.
-        schedule: ``linear`` or ``cosine``.
+        schedule: ``linear``, ``scaled_linear`` or ``cosine``.
         num_train_steps: number of training timesteps.
-        beta_start: first beta of the linear schedule.
-        beta_end: last beta of the linear schedule.
-        sampler: ``ddim`` (deterministic unless ``eta`` > 0) or ``ddpm`` (ancestral: the posterior mean
-            μ̃(x_t, x̂0) plus noise of variance ``ddpm_variance``).
-        steps: default number of sampling steps.
+        beta_start: first beta of the linear schedules.
+        beta_end: last beta of the linear schedules.
+        sampler: a built-in sampler (default ``ddim``): ``ddim`` (deterministic unless ``eta`` > 0),
+            ``ddpm`` (ancestral: μ̃(x_t, x̂0) plus noise of variance ``ddpm_variance``), or DPM-Solver with
+            ``steps`` network evaluations on a uniform time grid from t = 1 to 1/N (``sample_dpm_solver``):
+            ``dpm_solver_2``, ``dpm_solver++_2s`` (U-ViT's and the paper's, 25 × 2 evaluations at
+            ``steps=50``) or ``dpm_solver++_2m``.
+        steps: default number of sampling steps (network evaluations).
         eta: DDIM noise scale; ``None`` means 0 for ``ddim`` and 1 for ``ddpm``.
         clip_denoised: clamp the predicted x0 to ``image_range`` at every step (ADM does for pixels).
-        output_channels: keep only the first channels of the output (ADM and DiT learn the variance
-            in the remaining channels); ``None`` keeps all.
+        output_channels: the channels of the prediction (ADM and DiT learn the variance in the remaining
+            ones); ``None``: all of the output is the prediction.
         image_range: data range of pixel images, mapped to [0, 1] by ``decode``.
         vae: an autoencoder for latent diffusion (see ``DiffusionAdapter``).
-        ddpm_variance: ``fixed_small`` (β̃_t; DDIM with η = 1) or ``fixed_large`` (β_t) for ``ddpm``.
+        ddpm_variance: for ``ddpm``: ``fixed_small`` (β̃_t; DDIM with η = 1), ``fixed_large`` (β_t), or
+            ``learned_range`` (the network's remaining ``output_channels``, improved-diffusion's interpolation).
         guidance_scale: classifier-free guidance w (1: off); see ``DiffusionAdapter``.
         null_class: the unconditional label of a guided class-conditional model (U-ViT, DiT: ``num_classes``).
-        timestep_respacing: guided-diffusion's syntax (``"ddim25"``, ``"250"``, ``"10,15,20"``): the
-            sampler visits exactly the timesteps their ``space_timesteps`` keeps (``respaced_timesteps``),
-            which sets the number of steps; ``None``: ``steps`` evenly spaced from T − 1 to 0.
+        timestep_respacing: guided-diffusion's syntax (``"ddim25"``, ``"250"``, ``"10,15,20"``) for ``ddim``
+            and ``ddpm``: the sampler visits exactly the timesteps their ``space_timesteps`` keeps
+            (``respaced_timesteps``), which sets the number of steps; ``None``: ``steps`` evenly spaced
+            from T − 1 to 0.
         timestep_offset: added to t before the network sees it (U-ViT's network takes t + 1).
+        scheduler: a diffusers scheduler to sample with instead of a built-in sampler (DPM-Solver++,
+            UniPC, Euler, …: ``sample_with_scheduler``). Its ᾱ and ``prediction_type`` must be this
+            adapter's (``DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+            beta_end=0.012)`` for U-ViT); the network sees its timesteps plus ``timestep_offset``.
     """
 
     def __init__(
@@ -154,7 +180,7 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         num_train_steps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int = 50,
         eta: float | None = None,
         clip_denoised: bool = False,
@@ -166,20 +192,35 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         null_class: int | None = None,
         timestep_respacing: str | None = None,
         timestep_offset: int = 0,
+        scheduler: Any | None = None,
     ) -> None:
         super().__init__(denoiser, last_layer, sample_shape, num_classes, image_range, vae, guidance_scale, null_class)
         self.timestep_respacing = timestep_respacing
         self.timestep_offset = int(timestep_offset)
         self.prediction = Prediction(prediction)
-        self.sampler = Sampler(sampler)
+        if scheduler is not None and (sampler is not None or eta is not None or timestep_respacing is not None):
+            raise ValueError(
+                "A scheduler replaces the built-in sampler: leave sampler, eta and timestep_respacing unset (the "
+                "scheduler's own config sets its timesteps and noise)."
+            )
+        self.sampler = Sampler(sampler or "ddim")
         self.ddpm_variance = DDPMVariance(ddpm_variance)
-        if self.ddpm_variance is DDPMVariance.FIXED_LARGE and (self.sampler is not Sampler.DDPM or eta is not None):
-            raise ValueError("ddpm_variance='fixed_large' applies to sampler='ddpm' (without eta).")
+        if self.ddpm_variance is not DDPMVariance.FIXED_SMALL and (self.sampler is not Sampler.DDPM or eta is not None):
+            raise ValueError(f"ddpm_variance={self.ddpm_variance.value!r} applies to sampler='ddpm' (without eta).")
+        if self.ddpm_variance is DDPMVariance.LEARNED_RANGE and output_channels is None:
+            raise ValueError(
+                "ddpm_variance='learned_range' reads the variance from the network's output after the prediction: "
+                "set output_channels to the prediction's channels (ADM: 3 of its 6)."
+            )
+        if self.sampler in DPM_SOLVERS and (eta is not None or timestep_respacing is not None):
+            raise ValueError(f"sampler={self.sampler.value!r} takes neither eta nor timestep_respacing.")
         self.num_train_steps = int(num_train_steps)
         self.steps = int(steps)
         self.eta = float(eta) if eta is not None else (1.0 if self.sampler is Sampler.DDPM else 0.0)
         if clip_denoised and image_range is None:
             raise ValueError("clip_denoised needs image_range, the range to clamp the predicted x0 to.")
+        if clip_denoised and scheduler is not None:
+            raise ValueError("A scheduler clips by its own config (clip_sample=True): leave clip_denoised unset.")
         self.clip_denoised = clip_denoised
         self.output_channels = output_channels
         self.register_buffer(
@@ -191,6 +232,33 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             self.steps = len(self._respaced)
         sampling_timesteps(self.num_train_steps, self.steps)
         self.alpha_bars: list[float] = self.alphas_cumprod.tolist()  # ᾱ_t as Python floats: no device syncs
+        self.scheduler = self._checked_scheduler(scheduler) if scheduler is not None else None
+
+    def _checked_scheduler(self, scheduler: Any) -> Any:
+        """``scheduler``, once checked to be of this adapter's forward process (same ᾱ and parameterisation)."""
+        check_scheduler(scheduler)
+        config = scheduler.config
+        theirs = getattr(scheduler, "alphas_cumprod", None)
+        if theirs is None or len(theirs) != self.num_train_steps:
+            size = "no alphas_cumprod" if theirs is None else f"{len(theirs)} training timesteps"
+            raise ValueError(
+                f"{type(scheduler).__name__} has {size}, this adapter {self.num_train_steps}: build the scheduler with "
+                "num_train_timesteps and the betas the network was trained with."
+            )
+        gap = (theirs.double() - self.alphas_cumprod).abs().max().item()
+        if gap > 1e-6:
+            raise ValueError(
+                f"{type(scheduler).__name__}'s ᾱ differs from this adapter's schedule by up to {gap:.3g}: give it the "
+                "network's betas (beta_schedule, beta_start, beta_end, or trained_betas), or the adapter the "
+                "scheduler's (schedule, beta_start, beta_end)."
+            )
+        wanted = DIFFUSERS_PREDICTION[self.prediction.value]
+        if getattr(config, "prediction_type", wanted) != wanted:
+            raise ValueError(
+                f"{type(scheduler).__name__} has prediction_type={config.prediction_type!r}, but the network predicts "
+                f"{self.prediction.value!r}: build the scheduler with prediction_type={wanted!r}."
+            )
+        return type(scheduler).from_config(config)  # a fresh one: a pipeline's own is changed by every call
 
     @property
     def fixed_steps(self) -> bool:
@@ -198,7 +266,11 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         return self._respaced is not None
 
     def timesteps(self, steps: int | None = None) -> list[int]:
-        """The training timesteps the sampler visits, noisiest first (``steps`` of them, or the respacing's)."""
+        """The training timesteps the DDIM steps visit, noisiest first (``steps`` of them, or the respacing's).
+
+        These are the steps of ``ddim`` and ``ddpm`` (and of the DDIM-based baselines); a DPM-Solver or a
+        scheduler visits its own.
+        """
         if self._respaced is not None:
             if steps not in (None, len(self._respaced)):
                 raise ValueError(
@@ -208,17 +280,21 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             return list(self._respaced)
         return sampling_timesteps(self.num_train_steps, steps or self.steps).tolist()
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
+    def network_output(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the prediction in the network's parameterisation, its learned-variance output or ``None``)."""
         out = self.call_denoiser_checked(x, (t + self.timestep_offset).to(x.dtype), y)
         if self.output_channels is not None:
-            return out[:, : self.output_channels]
+            return out[:, : self.output_channels], out[:, self.output_channels :]
         if out.shape != x.shape and out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
             raise ValueError(
                 f"{type(self.denoiser).__name__} returns {out.shape[1]} channels for inputs of {x.shape[1]}: a network "
                 f"that learns its variance (ADM, DiT). Set output_channels={x.shape[1]} to keep the prediction half."
             )
-        return out
+        return out, None
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, y: Any) -> torch.Tensor:
+        """The denoiser's output in its own parameterisation (learned-variance channels dropped)."""
+        return self.network_output(x, t, y)[0]
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The schedule follows the data's device, also when the adapter itself was not moved.
@@ -240,10 +316,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         target = {Prediction.EPS: eps, Prediction.X0: x0, Prediction.V: sa * eps - sb * x0}[self.prediction]
         return self.predict_conditioned(xt, t, cond) - target
 
-    def denoised(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predicted x0, predicted ε) at timestep ``t`` (a LongTensor [B])."""
-        out = self.predict(x, t, y)
-        sa, sb = self._coefficients(t, x)
+    def _x0_and_eps(self, out: torch.Tensor, x: torch.Tensor, sa: Any, sb: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂0, ε̂) from the network's prediction ``out`` at x = sa·x0 + sb·ε (x̂0 clamped with ``clip_denoised``)."""
         if self.prediction is Prediction.EPS:
             eps, x0 = out, (x - sb * out) / sa
         elif self.prediction is Prediction.X0:
@@ -255,23 +329,53 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             eps = (x - sa * x0) / sb
         return x0, eps
 
-    def denoised_at(self, y: torch.Tensor | None) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
-        """The denoiser as the samplers call it: ``(x, t) -> (x̂0, ε̂)`` at integer timestep ``t``, classes ``y``."""
+    def denoised(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted x0, predicted ε) at timestep ``t`` (a LongTensor [B])."""
+        sa, sb = self._coefficients(t, x)
+        return self._x0_and_eps(self.predict(x, t, y), x, sa, sb)
 
-        def denoised(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.denoised(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), y)
+    def denoised_at(self, y: Any) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """The denoiser as the DDIM steps call it: ``(x, t) -> (x̂0, ε̂)`` at integer timestep ``t``, classes ``y``.
+
+        With ``ddpm_variance='learned_range'``: ``(x̂0, ε̂, v)``, v the network's variance output.
+        """
+        learned = self.sampler is Sampler.DDPM and self.ddpm_variance is DDPMVariance.LEARNED_RANGE
+
+        def denoised(x: torch.Tensor, t: int) -> tuple[torch.Tensor, ...]:
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            out, variance = self.network_output(x, tt, y)
+            x0, eps = self._x0_and_eps(out, x, *self._coefficients(tt, x))
+            return (x0, eps, variance) if learned else (x0, eps)
 
         return denoised
 
     def _sample(self, seeds: torch.Tensor, classes: torch.Tensor | None, steps: int | None) -> torch.Tensor:
         noise = NoiseSource.like(seeds, self.denoiser)
-        x = noise(*self.sample_shape)
         y = classes.to(noise.device) if classes is not None else None
+        if self.scheduler is not None:
+            return sample_with_scheduler(lambda x, t: self.predict(x, t, y), self.scheduler, steps or self.steps,
+                                         noise, self.sample_shape)  # fmt: skip
+        x = noise(*self.sample_shape)
+        if self.sampler in DPM_SOLVERS:
+            return self._sample_dpm_solver(x, y, steps or self.steps)
         timesteps = self.timesteps(steps)
         # A sample's noise for every step, drawn at once from its generator after its initial noise.
         step_noise = noise(len(timesteps), *self.sample_shape) if self.eta > 0 else None
         fixed_large = self.ddpm_variance is DDPMVariance.FIXED_LARGE
         return sample_ddim(self.denoised_at(y), x, timesteps, self.alpha_bars, self.eta, step_noise, fixed_large)
+
+    def _sample_dpm_solver(self, x: torch.Tensor, y: Any, steps: int) -> torch.Tensor:
+        schedule = DiscreteVPSchedule(self.alpha_bars)
+        data_prediction = self.sampler is not Sampler.DPM_SOLVER_2
+
+        def model(z: torch.Tensor, t: float) -> torch.Tensor:
+            timestep = torch.full((z.shape[0],), schedule.timestep(t), device=z.device, dtype=torch.float64)
+            alpha, sigma = math.exp(schedule.log_alpha(t)), schedule.sigma(t)
+            x0, eps = self._x0_and_eps(self.predict(z, timestep, y), z, alpha, sigma)
+            return x0 if data_prediction else eps
+
+        multistep = self.sampler is Sampler.DPM_SOLVER_PP_2M
+        return sample_dpm_solver(model, x, schedule, steps, multistep=multistep, data_prediction=data_prediction)
 
     def ddim_step(
         self,
@@ -281,12 +385,13 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
         y: torch.Tensor | None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One step of this adapter's sampler from timestep ``t`` to ``t_prev`` (−1: the clean sample x̂0).
+        """One step of this adapter's DDIM or DDPM sampler from timestep ``t`` to ``t_prev`` (−1: the clean sample x̂0).
 
         ``noise`` (standard normal, shaped like ``x``) is needed when η > 0.
         """
-        x0, eps = self.denoised_at(y)(x, t)
+        x0, eps, *variance = self.denoised_at(y)(x, t)
         if t_prev < 0:
             return x0
         fixed_large = self.ddpm_variance is DDPMVariance.FIXED_LARGE
-        return ddim_update(x, x0, eps, self.alpha_bars[t], self.alpha_bars[t_prev], self.eta, noise, fixed_large)
+        v = variance[0] if variance else None
+        return ddim_update(x, x0, eps, self.alpha_bars[t], self.alpha_bars[t_prev], self.eta, noise, fixed_large, v)
