@@ -8,6 +8,7 @@ adapter only, never to the user's module directly.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,16 @@ from genunc_lightning.checkpoints import load_state_dict, load_weights_into, wit
 from genunc_lightning.data.batches import data_range_problem, unpack_batch
 from genunc_lightning.fingerprints import fingerprint, scalar_settings
 
-# Settings of guidance that leave sampling as it was before guidance existed.
-GUIDANCE_DEFAULTS = {"guidance_scale": 1.0, "null_class": None, "negative_prompt": None}
+# Settings added since 0.4 at the values that sample as before they existed: left out of a run's identity,
+# so runs of earlier versions still resume.
+LATER_SETTING_DEFAULTS = {
+    "guidance_scale": 1.0,
+    "null_class": None,
+    "negative_prompt": None,
+    "timestep_respacing": None,
+    "timestep_offset": 0,
+    "scheduler": None,
+}
 
 
 class DenoiserCallError(TypeError):
@@ -408,13 +417,22 @@ class DiffusionAdapter(nn.Module):
         """What identifies this model in a run manifest: class, scalar settings and a weight fingerprint.
 
         The fingerprint covers the denoiser's parameters and every buffer of the adapter (e.g. the noise
-        schedule), so two runs with different weights or schedules never share results.
+        schedule), and a diffusers scheduler is named with its config, so two runs with different weights,
+        schedules or samplers never share results.
         """
         settings = scalar_settings(self)
-        for key, default in GUIDANCE_DEFAULTS.items():  # at their defaults, runs of earlier versions still resume
+        for key, default in LATER_SETTING_DEFAULTS.items():
             if key in settings and settings[key] == default:
                 del settings[key]
-        return {"class": type(self).__name__, "settings": settings, "fingerprint": fingerprint(self)}
+        entry = {"class": type(self).__name__, "settings": settings, "fingerprint": fingerprint(self)}
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}  # not its version
+            entry["scheduler"] = {
+                "class": type(scheduler).__name__,
+                "config": json.loads(json.dumps(config, default=str)),
+            }
+        return entry
 
     def unpack(self, batch: Any) -> tuple[torch.Tensor, Any]:
         """(data, conditioning) of a training batch; an unconditional model drops class labels.

@@ -371,9 +371,10 @@ class DiffusersAdapter(DiffusionAdapter):
             ehs = self.encoder_hidden_states.to(x.dtype)
             kwargs["encoder_hidden_states"] = ehs.expand(x.shape[0], *ehs.shape[1:])
         if self._timestep_positional:
-            out = self.denoiser(x, t, **kwargs).sample
+            out = self.denoiser(x, t, **kwargs)
         else:  # transformers (DiT, PixArt) take the text before the timestep: pass it by name
-            out = self.denoiser(x, timestep=t, **kwargs).sample
+            out = self.denoiser(x, timestep=t, **kwargs)
+        out = getattr(out, "sample", out)  # a diffusers model's output object; another network's tensor
         return out[:, : self.prediction_channels] if self.prediction_channels else out
 
     def residual(self, batch: Any, seeds: torch.Tensor) -> torch.Tensor:
