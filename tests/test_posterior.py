@@ -256,3 +256,38 @@ def test_export_refuses_conv_last_layers():
     post = DiagonalLaplacePosterior.fit(model.out[2], "out.2", fb.diag, 3, 1.0, 48)
     with pytest.raises(ValueError, match="only nn.Linear"):
         post.to_laplace_torch(model)
+
+
+def test_parameters_the_loss_never_reads_stay_out_of_lambda_variance_and_summary():
+    """ADM's layout: the last conv gives 2C channels, the loss reads the first C (output_channels=C)."""
+    from tests.denoisers import ConvDenoiser
+
+    torch.manual_seed(0)
+    net = ConvDenoiser(2, 3, torch.nn.Conv2d(4, 6, 3, padding=1)).double()
+    adapter = GaussianDiffusionAdapter(net, "out", (3, 5, 5), output_channels=3)
+    n = 16
+    fb = fisher_batch(adapter, torch.randn(n, 3, 5, 5, dtype=torch.float64), [example_seeds(0, range(n))])
+    assert (fb.diag["weight"][3:] == 0).all() and (fb.diag["bias"][3:] == 0).all()
+    post = DiagonalLaplacePosterior.fit(net.out, "out", fb.diag, n, float(fb.squared_residual_sum), fb.num_residuals)
+    assert post.unread["weight"][3:].all() and not post.unread["weight"][:3].any() and post.unread["bias"][3:].all()
+    # λ: the numpy maximiser of the marginal likelihood over the read half only
+    h = np.concatenate([fb.diag["weight"][:3].numpy().ravel(), fb.diag["bias"][:3].numpy()]) * post.likelihood_scale
+    weight, bias = net.out.weight.detach(), net.out.bias.detach()
+    theta_sq = float(weight[:3].pow(2).sum() + bias[:3].pow(2).sum())
+    grid = np.logspace(-6, 8, 40001)
+    values = -0.5 * grid * theta_sq + 0.5 * h.size * np.log(grid) - 0.5 * np.log(h[None] + grid[:, None]).sum(1)
+    assert abs(math.log(post.prior_precision) - math.log(grid[values.argmax()])) < 2 * math.log(grid[1] / grid[0])
+    all_h = torch.cat([f.flatten() for f in fb.diag.values()]) * post.likelihood_scale
+    all_theta = float(weight.pow(2).sum() + bias.pow(2).sum())
+    assert optimal_prior_precision(all_theta, all_h) != pytest.approx(post.prior_precision, rel=1e-3)
+    # unread parameters keep their trained values in every draw; read ones vary
+    draws = post.sample(4, torch.Generator().manual_seed(0))
+    assert torch.equal(draws["weight"][:, 3:], weight[3:].expand(4, -1, -1, -1, -1))
+    assert torch.equal(draws["bias"][:, 3:], bias[3:].expand(4, -1))
+    assert (draws["weight"][:, :3] != weight[:3]).all()
+    summary = post.summary()
+    assert summary["unread_parameters"] == 3 * 4 * 9 + 3 and summary["unread_units"] == 3
+    assert summary["fisher_min"] > 0 and summary["std_min"] > 0
+    assert "left out         111 parameters of 3 output units the loss never reads" in post.format_summary()
+    fully_read, _, _ = fitted()
+    assert fully_read.summary()["unread_parameters"] == 0 and "left out" not in fully_read.format_summary()

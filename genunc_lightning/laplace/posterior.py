@@ -116,6 +116,38 @@ def optimal_prior_precision(theta_sq_norm: float, h: torch.Tensor, lo: float = 1
     return math.exp(0.5 * (a + b))
 
 
+def unread_entries(fisher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Masks of the parameters of output units the loss never reads: every Fisher entry of the unit is 0.
+
+    A unit u of a Linear or Conv layer owns ``weight[u]`` and ``bias[u]``. Its Fisher is zero in every
+    entry only when the loss's gradient never reaches its output (a learned-variance half of ADM's
+    ``out.2`` or DiT's ``proj_out_2``, which the prediction loss drops), not by chance: a zero input
+    would zero every unit. Such entries are zero by construction, so they carry no information for
+    the marginal-likelihood λ and no posterior variance.
+    """
+    weight = fisher.get("weight")
+    if weight is None or weight.dim() < 2:
+        return {n: torch.zeros_like(f, dtype=torch.bool) for n, f in fisher.items()}
+    unread = weight.flatten(1).sum(1) == 0
+    if "bias" in fisher:
+        unread &= fisher["bias"] == 0
+    masks = {n: torch.zeros_like(f, dtype=torch.bool) for n, f in fisher.items()}
+    masks["weight"] = unread.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+    if "bias" in fisher:
+        masks["bias"] = unread.clone()
+    return masks
+
+
+def auto_prior_precision(
+    mean: Mapping[str, torch.Tensor], fisher: Mapping[str, torch.Tensor], likelihood_scale: float
+) -> float:
+    """The marginal-likelihood λ (``optimal_prior_precision``) over the entries the loss reads (``unread_entries``)."""
+    read = {n: ~m for n, m in unread_entries(fisher).items()}
+    h = torch.cat([f.double()[read[n]] for n, f in fisher.items()]) * likelihood_scale
+    theta_sq = sum(float(m.double()[read[n]].pow(2).sum()) for n, m in mean.items())
+    return optimal_prior_precision(theta_sq, h)
+
+
 # --- the posterior ----------------------------------------------------------------------------
 
 _CONVENTION_TEXT = {
@@ -254,9 +286,7 @@ class DiagonalLaplacePosterior:
         mean = {k: v.detach().cpu().clone() for k, v in layer_parameters(layer).items()}
         if prior_precision == AUTO:
             scale = (big_n / n) * likelihood_precision_factor(convention, sigma_value)
-            h = torch.cat([f.double().flatten() for f in fisher.values()]) * scale
-            theta_sq = sum(float(m.double().pow(2).sum()) for m in mean.values())
-            lam = optimal_prior_precision(theta_sq, h)
+            lam = auto_prior_precision(mean, fisher, scale)
         else:
             lam = float(prior_precision)
         info = {
@@ -340,9 +370,20 @@ class DiagonalLaplacePosterior:
         return {n: f * scale + self.prior_precision for n, f in self.fisher.items()}
 
     @property
+    def unread(self) -> dict[str, torch.Tensor]:
+        """Masks of the parameters the loss never reads (``unread_entries``): they keep their trained values."""
+        return unread_entries(self.fisher)
+
+    @property
     def variance(self) -> dict[str, torch.Tensor]:
-        """Temperature / precision per parameter, float64."""
-        return {n: self.temperature / p for n, p in self.precision.items()}
+        """Temperature / precision per parameter, float64; 0 for parameters the loss never reads (``unread``).
+
+        The data says nothing about an unread parameter (a learned-variance output), so it keeps its
+        trained value rather than the prior's spread, which a sampler reading that output would turn
+        into noise of the prior's making.
+        """
+        unread = self.unread
+        return {n: (self.temperature / p).masked_fill(unread[n], 0.0) for n, p in self.precision.items()}
 
     @property
     def std(self) -> dict[str, torch.Tensor]:
@@ -524,8 +565,7 @@ class DiagonalLaplacePosterior:
     def _rescored_from_version_1(self) -> DiagonalLaplacePosterior:
         lam = self.prior_precision
         if self.info.get("prior_precision_mode") == AUTO:
-            h = torch.cat([f.flatten() for f in self.fisher.values()]) * self.likelihood_scale
-            lam = optimal_prior_precision(sum(float(m.double().pow(2).sum()) for m in self.mean.values()), h)
+            lam = auto_prior_precision(self.mean, self.fisher, self.likelihood_scale)
         info = {**self.info, "upgraded_from_format_version": "1", "version_1_prior_precision": self.prior_precision}
         return DiagonalLaplacePosterior(
             self.last_layer, self.layer_type, self.mean, self.fisher, self.num_examples, self.dataset_size,
@@ -535,11 +575,15 @@ class DiagonalLaplacePosterior:
     # -- reporting and interop -------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        """Scalars worth printing: sizes, σ, λ, Fisher and posterior-std ranges."""
-        h = torch.cat([f.flatten() for f in self.fisher.values()])
-        std = torch.cat([s.flatten() for s in self.std.values()])
-        mean = torch.cat([m.double().flatten() for m in self.mean.values()])
+        """Scalars worth printing: sizes, σ, λ, Fisher and posterior-std ranges (over the parameters the loss reads)."""
+        read = {n: ~m for n, m in self.unread.items()}
+        h = torch.cat([f[read[n]] for n, f in self.fisher.items()])
+        std = torch.cat([s[read[n]] for n, s in self.std.items()])
+        mean = torch.cat([m.double()[read[n]] for n, m in self.mean.items()])
+        unread_units = int(self.unread["weight"].flatten(1).any(1).sum()) if "weight" in self.unread else 0
         return {
+            "unread_parameters": self.num_params - h.numel(),
+            "unread_units": unread_units,
             "last_layer": f"{self.last_layer} ({self.layer_type}, {self.num_params} parameters)",
             "examples": self.num_examples,
             "dataset_size": self.dataset_size,
@@ -575,6 +619,15 @@ class DiagonalLaplacePosterior:
                 f"  posterior std    min {s['std_min']:.3g}  median {s['std_median']:.3g}  "
                 f"max {s['std_max']:.3g}  (weight rms {s['weight_rms']:.3g})",
             ]
+            + (
+                [
+                    f"  left out         {s['unread_parameters']} parameters of {s['unread_units']} output units the "
+                    "loss never reads (Fisher 0 by construction, e.g. a learned variance): trained values kept, not "
+                    "in λ or the statistics above"
+                ]
+                if s["unread_parameters"]
+                else []
+            )
         )
 
     def __repr__(self) -> str:
@@ -592,7 +645,8 @@ class DiagonalLaplacePosterior:
         ``H_la = σ²·(N/n)·c·H / T`` (c from this posterior's convention) and ``prior_precision = λ / T``,
         so that its ``posterior_precision`` is ours and its ``posterior_variance`` equals
         ``self.variance`` (flattened weight, then bias), in either convention. For ``paper()`` that is
-        H_la = 2H: exactly what laplace-torch's own ``fit`` computes on the same batches.
+        H_la = 2H: exactly what laplace-torch's own ``fit`` computes on the same batches. Parameters the loss
+        never reads (``unread``) are the exception: variance 0 here, the prior's there, which has no such notion.
 
         Args:
             model: the model whose last layer this posterior belongs to; laplace-torch deep-copies it.
