@@ -157,3 +157,29 @@ def test_a_runs_identity_names_its_scheduler(tiny_unet):
     )
     plain = DiffusersAdapter(unet, make_scheduler("DPMSolverMultistepScheduler", {}), (1, 8, 8))
     assert karras.manifest_entry()["scheduler"] != plain.manifest_entry()["scheduler"]
+
+
+def test_a_config_names_the_scheduler_by_class_path():
+    """What LightningCLI does with ``model.adapter.init_args.scheduler: {class_path: ...}`` in a YAML config."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--adapter", type=GaussianDiffusionAdapter)
+    scaled = {"num_train_timesteps": 100, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    init_args = {
+        "denoiser": {"class_path": "tests.test_schedulers.UViTLike"},
+        "last_layer": "nnet.decoder_pred",
+        "sample_shape": [4, 6],
+        "num_train_steps": 100,
+        "schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "timestep_offset": 1,
+        "scheduler": {"class_path": "diffusers.UniPCMultistepScheduler", "init_args": scaled},
+    }
+    config = parser.parse_object(
+        {"adapter": {"class_path": "genunc_lightning.adapters.GaussianDiffusionAdapter", "init_args": init_args}}
+    )
+    adapter = parser.instantiate(config).adapter
+    assert type(adapter.scheduler).__name__ == "UniPCMultistepScheduler" and adapter.timestep_offset == 1
+    assert adapter.sample(torch.tensor([0, 1]), steps=3).shape == (2, 4, 6)

@@ -621,9 +621,9 @@ class DiagonalLaplacePosterior:
             ]
             + (
                 [
-                    f"  left out         {s['unread_parameters']} parameters of {s['unread_units']} output units the "
-                    "loss never reads (Fisher 0 by construction, e.g. a learned variance): trained values kept, not "
-                    "in λ or the statistics above"
+                    f"  left out         {s['unread_parameters']} parameters of {s['unread_units']} output "
+                    f"unit{'s' if s['unread_units'] != 1 else ''} the loss never reads (Fisher 0 by construction, "
+                    "e.g. a learned variance): trained values kept, not in λ or the statistics above"
                 ]
                 if s["unread_parameters"]
                 else []
