@@ -1,6 +1,6 @@
 """genunc-lightning: generative uncertainty for pretrained diffusion and flow-matching models."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 from genunc_lightning.adapters import (  # noqa: E402
     DiffusionAdapter,
