@@ -126,6 +126,11 @@ def test_any_network_with_a_diffusers_scheduler(name):
                                atol=1e-4)  # fmt: skip
     batch = (torch.rand(5, 4, 6) * 2 - 1,)
     assert plain.loss(batch, torch.arange(5)).shape == (5,) and adapter.loss(batch, torch.arange(5)).shape == (5,)
+    # the baselines walk DDIM: on a scheduler's samples they would score another path, so they refuse
+    from genunc_lightning.uncertainty.baselines import BayesDiff
+
+    with pytest.raises(ValueError, match=f"no scheduler.*with the scheduler {name}"):
+        BayesDiff().score(adapter, None, seeds, None, STEPS)
 
 
 def test_a_scheduler_of_another_forward_process_is_refused():

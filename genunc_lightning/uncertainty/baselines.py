@@ -52,12 +52,20 @@ class BaselineScore(nn.Module):
 
 
 def _require_ddim(adapter: DiffusionAdapter, name: str) -> GaussianDiffusionAdapter:
-    if not isinstance(adapter, GaussianDiffusionAdapter) or adapter.sampler is not Sampler.DDIM or adapter.eta != 0:
+    scheduler = getattr(adapter, "scheduler", None)
+    if (
+        not isinstance(adapter, GaussianDiffusionAdapter)
+        or adapter.sampler is not Sampler.DDIM
+        or adapter.eta != 0
+        or scheduler is not None
+    ):
         kind = type(adapter).__name__
         detail = f"sampler={getattr(adapter, 'sampler', None)}, eta={getattr(adapter, 'eta', None)}"
+        if scheduler is not None:
+            detail = f"the scheduler {type(scheduler).__name__}"
         raise ValueError(
-            f"{name} supports the deterministic DDIM sampler of GaussianDiffusionAdapter (sampler='ddim', eta=0); "
-            f"this model is a {kind} with {detail}."
+            f"{name} supports the deterministic DDIM sampler of GaussianDiffusionAdapter (sampler='ddim', eta=0, no "
+            f"scheduler): its walk must be the kept sample's; this model is a {kind} with {detail}."
         )
     return adapter
 
