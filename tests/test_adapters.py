@@ -118,6 +118,8 @@ def test_flow_samplers_follow_the_exact_flow(sampler, steps, tol):
 ADAPTERS = {
     "ddpm": lambda m: GaussianDiffusionAdapter(m, "out", (2,), sampler="ddpm", steps=20),
     "ddim": lambda m: GaussianDiffusionAdapter(m, "out", (2,), sampler="ddim", eta=0.5, steps=20, prediction="v"),
+    "dpm_solver_2": lambda m: GaussianDiffusionAdapter(m, "out", (2,), sampler="dpm_solver_2", steps=9),
+    "dpm_solver++_2m": lambda m: GaussianDiffusionAdapter(m, "out", (2,), sampler="dpm_solver++_2m", steps=10),
     "euler": lambda m: FlowMatchingAdapter(m, "out", (2,), sampler="euler", steps=10),
     "heun": lambda m: FlowMatchingAdapter(m, "out", (2,), sampler="heun", steps=10),
 }
