@@ -188,3 +188,17 @@ def test_a_config_names_the_scheduler_by_class_path():
     adapter = parser.instantiate(config).adapter
     assert type(adapter.scheduler).__name__ == "UniPCMultistepScheduler" and adapter.timestep_offset == 1
     assert adapter.sample(torch.tensor([0, 1]), steps=3).shape == (2, 4, 6)
+
+
+def test_a_built_in_samplers_identity_is_the_one_version_0_5_wrote():
+    """Without a scheduler the identity is 0.5's (printed by cd471a8), so a 0.5 run directory still resumes."""
+    from genunc_lightning.models import MLPDenoiser
+
+    settings = GaussianDiffusionAdapter(MLPDenoiser(hidden=8, depth=1), "out", (2,), steps=10).manifest_entry()
+    assert settings["settings"] == {
+        "clip_denoised": False, "ddpm_variance": "fixed_small", "eta": 0.0, "image_range": None, "last_layer": "out",
+        "num_classes": None, "num_train_steps": 1000, "output_channels": None, "prediction": "eps",
+        "sample_shape": [2], "sampler": "ddim", "steps": 10, "timestep_offset": 0, "timestep_respacing": None,
+        "vae": None,
+    }  # fmt: skip
+    assert "scheduler" not in settings

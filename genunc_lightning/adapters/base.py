@@ -30,14 +30,13 @@ from genunc_lightning.checkpoints import load_state_dict, load_weights_into, wit
 from genunc_lightning.data.batches import data_range_problem, unpack_batch
 from genunc_lightning.fingerprints import fingerprint, scalar_settings
 
-# Settings added since 0.4 at the values that sample as before they existed: left out of a run's identity,
-# so runs of earlier versions still resume.
+# Settings added in 0.5 (guidance) and 0.6 (scheduler) at the values that sample as before they existed: left
+# out of a run's identity, so a run of the version before still resumes. (0.5's identities hold its respacing
+# settings, timestep_respacing and timestep_offset, so those stay.)
 LATER_SETTING_DEFAULTS = {
     "guidance_scale": 1.0,
     "null_class": None,
     "negative_prompt": None,
-    "timestep_respacing": None,
-    "timestep_offset": 0,
     "scheduler": None,
 }
 
