@@ -57,7 +57,7 @@ def test_denoised_inverts_the_forward_process(prediction):
     xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
     target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
     adapter = GaussianDiffusionAdapter(FixedOutput(target), "out", (4,), prediction=prediction)
-    got_x0, got_eps = adapter.denoised(xt, t, None)
+    got_x0, got_eps, _ = adapter.denoised(xt, t, None)
     torch.testing.assert_close(got_x0, x0)
     torch.testing.assert_close(got_eps, eps)
 

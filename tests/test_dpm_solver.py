@@ -124,7 +124,7 @@ def test_dpm_solver_equals_a_float64_reference(method, steps):
     np.testing.assert_allclose(ours32, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_dpm_solver_2_at_many_steps_approaches_the_probability_flow_ode():
+def test_dpm_solver_pp_2s_converges_as_its_steps_grow():
     """A convergence check the reference cannot share a mistake with: 2nd order at 20 and 200 steps agree closely."""
     adapter = GaussianDiffusionAdapter(TanhDenoiser(), "out", (3,), num_train_steps=N, sampler="dpm_solver++_2s")
     adapter = adapter.double()

@@ -393,20 +393,23 @@ class DiffusionAdapter(nn.Module):
                 "that produces the prediction (for diffusers UNets conv_out, for DiT proj_out_2)."
             )
 
+    @property
+    def _vae_shift(self) -> float:
+        """The VAE's latent shift (SD3's has one; ``shift_factor`` is None or absent elsewhere)."""
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
+
     @torch.no_grad()
     def encode(self, data: torch.Tensor) -> torch.Tensor:
         """Training data to the model's space: latent means × scaling factor with a VAE, else itself."""
         if self.vae is None:
             return data
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0  # SD3's VAE has one
-        return (self.vae.encode(data).latent_dist.mean - shift) * self.vae.config.scaling_factor
+        return (self.vae.encode(data).latent_dist.mean - self._vae_shift) * self.vae.config.scaling_factor
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Maps samples to what people look at: images in [0, 1] for image models (VAE-decoded latents)."""
         if self.vae is not None:
             with torch.no_grad():
-                shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-                x = self.vae.decode(x / self.vae.config.scaling_factor + shift).sample
+                x = self.vae.decode(x / self.vae.config.scaling_factor + self._vae_shift).sample
         if self.image_range is None:
             return x
         low, high = self.image_range

@@ -16,7 +16,7 @@ from torch import nn
 from genunc_lightning import seeding
 from genunc_lightning.adapters.base import DiffusionAdapter, class_conditional_hint
 from genunc_lightning.adapters.layers import original_module
-from genunc_lightning.adapters.samplers import NoiseSource, check_scheduler, sample_with_scheduler
+from genunc_lightning.adapters.samplers import NoiseSource, append_dims, check_scheduler, sample_with_scheduler
 
 # Schedulers whose samples are tested against their own loop (tests/test_schedulers.py); any other with the
 # same set_timesteps / scale_model_input / step API runs through the same loop.
@@ -389,13 +389,13 @@ class DiffusersAdapter(DiffusionAdapter):
         if self.prediction_type == "flow":
             sigmas = self.scheduler.sigmas.to(x0.device, x0.dtype)
             sigma = sigmas[seeding.randint(gens, len(sigmas), x0.device)]
-            s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+            s = append_dims(sigma, x0.dim())
             t = sigma * self.scheduler.config.num_train_timesteps
             return self.call_denoiser_checked((1 - s) * x0 + s * eps, t, y) - (eps - x0)
         t = seeding.randint(gens, self.scheduler.config.num_train_timesteps, x0.device)
         # The training forward process on the scheduler's ᾱ, as DDPMScheduler.add_noise computes it: a sampling
         # scheduler's own add_noise (Euler, UniPC) takes only its inference timesteps.
-        a = self.scheduler.alphas_cumprod.to(x0.device, x0.dtype)[t].view(-1, *([1] * (x0.dim() - 1)))
+        a = append_dims(self.scheduler.alphas_cumprod.to(x0.device, x0.dtype)[t], x0.dim())
         sa, sb = a**0.5, (1 - a) ** 0.5
         xt = sa * x0 + sb * eps
         if self.prediction_type == "epsilon":

@@ -203,7 +203,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
                 "A scheduler replaces the built-in sampler: leave sampler, eta and timestep_respacing unset (the "
                 "scheduler's own config sets its timesteps and noise)."
             )
-        self.sampler = Sampler(sampler or "ddim")
+        # None with a scheduler: no built-in sampler runs, and code that needs one (the baselines) sees so
+        self.sampler: Sampler | None = Sampler(sampler or "ddim") if scheduler is None else None
         self.ddpm_variance = DDPMVariance(ddpm_variance)
         if self.ddpm_variance is not DDPMVariance.FIXED_SMALL and (self.sampler is not Sampler.DDPM or eta is not None):
             raise ValueError(f"ddpm_variance={self.ddpm_variance.value!r} applies to sampler='ddpm' (without eta).")
@@ -329,23 +330,22 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
             eps = (x - sa * x0) / sb
         return x0, eps
 
-    def denoised(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predicted x0, predicted ε) at timestep ``t`` (a LongTensor [B])."""
-        sa, sb = self._coefficients(t, x)
-        return self._x0_and_eps(self.predict(x, t, y), x, sa, sb)
+    def denoised(
+        self, x: torch.Tensor, t: torch.Tensor, y: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(predicted x0, predicted ε, the variance output a learned-variance DDPM samples with, else ``None``).
 
-    def denoised_at(self, y: Any) -> Callable[..., tuple[torch.Tensor, ...]]:
-        """The denoiser as the DDIM steps call it: ``(x, t) -> (x̂0, ε̂)`` at integer timestep ``t``, classes ``y``.
-
-        With ``ddpm_variance='learned_range'``: ``(x̂0, ε̂, v)``, v the network's variance output.
+        ``t``: the timestep, a LongTensor [B].
         """
-        learned = self.sampler is Sampler.DDPM and self.ddpm_variance is DDPMVariance.LEARNED_RANGE
+        out, variance = self.network_output(x, t, y)
+        x0, eps = self._x0_and_eps(out, x, *self._coefficients(t, x))
+        return x0, eps, variance if self.ddpm_variance is DDPMVariance.LEARNED_RANGE else None
+
+    def denoised_at(self, y: Any) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]]:
+        """The denoiser as the DDIM steps call it: ``denoised`` at integer timestep ``t``, classes ``y``."""
 
         def denoised(x: torch.Tensor, t: int) -> tuple[torch.Tensor, ...]:
-            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            out, variance = self.network_output(x, tt, y)
-            x0, eps = self._x0_and_eps(out, x, *self._coefficients(tt, x))
-            return (x0, eps, variance) if learned else (x0, eps)
+            return self.denoised(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), y)
 
         return denoised
 
@@ -389,9 +389,8 @@ class GaussianDiffusionAdapter(DiffusionAdapter):
 
         ``noise`` (standard normal, shaped like ``x``) is needed when η > 0.
         """
-        x0, eps, *variance = self.denoised_at(y)(x, t)
+        x0, eps, v = self.denoised_at(y)(x, t)
         if t_prev < 0:
             return x0
         fixed_large = self.ddpm_variance is DDPMVariance.FIXED_LARGE
-        v = variance[0] if variance else None
         return ddim_update(x, x0, eps, self.alpha_bars[t], self.alpha_bars[t_prev], self.eta, noise, fixed_large, v)

@@ -58,7 +58,7 @@ def append_dims(values: torch.Tensor, ndim: int) -> torch.Tensor:
 
 # --- Gaussian diffusion: DDIM and DDPM steps on ᾱ -------------------------------------------------
 
-DenoisedFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+DenoisedFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
 def ddim_sigma(a: float, a_prev: float, eta: float) -> float:
@@ -78,15 +78,19 @@ def ddim_step(
     return x_prev
 
 
+def ddpm_posterior_mean(x: torch.Tensor, x0: torch.Tensor, a: float, a_prev: float) -> torch.Tensor:
+    """μ̃(x_t, x̂0) of the forward process between ᾱ = ``a`` and ᾱ' = ``a_prev``, with β = 1 − ᾱ/ᾱ' (Ho et al., eq. 7)."""
+    beta = 1 - a / a_prev
+    return (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(a / a_prev) * (1 - a_prev) / (1 - a)) * x
+
+
 def ddpm_fixed_large_step(
     x: torch.Tensor, x0: torch.Tensor, a: float, a_prev: float, noise: torch.Tensor | None
 ) -> torch.Tensor:
     """Ho et al.: x' = μ̃(x_t, x̂0) + √β z, with β = 1 − ᾱ/ᾱ' between the (strided) steps."""
     if noise is None:
         raise ValueError("An ancestral DDPM step needs noise.")
-    beta = 1 - a / a_prev
-    mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(a / a_prev) * (1 - a_prev) / (1 - a)) * x
-    return mean + math.sqrt(beta) * noise
+    return ddpm_posterior_mean(x, x0, a, a_prev) + math.sqrt(1 - a / a_prev) * noise
 
 
 def ddpm_learned_range_step(
@@ -100,10 +104,9 @@ def ddpm_learned_range_step(
     if noise is None:
         raise ValueError("An ancestral DDPM step needs noise.")
     beta = 1 - a / a_prev
-    mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(a / a_prev) * (1 - a_prev) / (1 - a)) * x
     frac = (v + 1) / 2
     log_variance = frac * math.log(beta) + (1 - frac) * math.log(beta * (1 - a_prev) / (1 - a))
-    return mean + torch.exp(0.5 * log_variance) * noise
+    return ddpm_posterior_mean(x, x0, a, a_prev) + torch.exp(0.5 * log_variance) * noise
 
 
 def ddim_update(
@@ -147,8 +150,8 @@ def sample_ddim(
     """Walks ``timesteps`` (noisiest first) with DDIM steps; the last step returns x̂0.
 
     Args:
-        denoised: ``(x, t) -> (x̂0, ε̂)`` at integer timestep ``t``; ``(x̂0, ε̂, v)`` for a learned-variance
-            DDPM, v the network's variance output (``ddpm_learned_range_step``).
+        denoised: ``(x, t) -> (x̂0, ε̂, v)`` at integer timestep ``t``, v the network's variance output for a
+            learned-variance DDPM (``ddpm_learned_range_step``), else ``None``.
         x: the initial noise.
         timesteps: training timesteps, descending.
         alpha_bars: ᾱ by training timestep.
@@ -161,11 +164,10 @@ def sample_ddim(
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if callback is not None:
             callback(i, t, x)
-        x0, eps, *variance = denoised(x, t)
+        x0, eps, v = denoised(x, t)
         if t_prev < 0:
             return x0
         step_noise = noise[:, i] if noise is not None else None
-        v = variance[0] if variance else None
         x = ddim_update(x, x0, eps, alpha_bars[t], alpha_bars[t_prev], eta, step_noise, fixed_large, v)
     return x
 
@@ -312,26 +314,29 @@ def _interpolate(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
 ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def dpm_solver_first_update(x: torch.Tensor, model_s: torch.Tensor, s: float, t: float,
-                            schedule: DiscreteVPSchedule, data_prediction: bool) -> torch.Tensor:  # fmt: skip
-    """DPM-Solver-1 (DDIM) from s to t given the model's ε̂ (or x̂0, for ++) at s."""
+def dpm_solver_step(
+    x: torch.Tensor,
+    model_s: torch.Tensor,
+    s: float,
+    t: float,
+    schedule: DiscreteVPSchedule,
+    data_prediction: bool,
+    model_s1: torch.Tensor | None = None,
+    r1: float = 1.0,
+) -> torch.Tensor:
+    """One DPM-Solver step from s to t given the model's ε̂ (or x̂0, for ++) at s (and at s1 for second order).
+
+    First order is DDIM; second order the ``dpm_solver`` form with the model also at s1, λ_s1 = λ_s + r1·h:
+    x_t = r·x − φ·D with, for data prediction, r = σ_t/σ_s and φ = α_t(e^{−h} − 1), else r = α_t/α_s and
+    φ = σ_t(e^{h} − 1); D = m_s + (m_s1 − m_s)/(2 r1), or m_s at first order.
+    """
     h = schedule.lambda_(t) - schedule.lambda_(s)
     if data_prediction:
-        return (schedule.sigma(t) / schedule.sigma(s)) * x - math.exp(schedule.log_alpha(t)) * math.expm1(-h) * model_s
-    return math.exp(schedule.log_alpha(t) - schedule.log_alpha(s)) * x - schedule.sigma(t) * math.expm1(h) * model_s
-
-
-def dpm_solver_second_update(x: torch.Tensor, model_s: torch.Tensor, model_s1: torch.Tensor, r1: float,
-                             s: float, t: float, schedule: DiscreteVPSchedule,
-                             data_prediction: bool) -> torch.Tensor:  # fmt: skip
-    """The second-order step from s to t, with the model also at s1 (λ_s1 = λ_s + r1·h): ``dpm_solver`` form."""
-    h = schedule.lambda_(t) - schedule.lambda_(s)
-    if data_prediction:
-        phi = math.exp(schedule.log_alpha(t)) * math.expm1(-h)
-        return (schedule.sigma(t) / schedule.sigma(s)) * x - phi * model_s - (0.5 / r1) * phi * (model_s1 - model_s)
-    phi = schedule.sigma(t) * math.expm1(h)
-    ratio = math.exp(schedule.log_alpha(t) - schedule.log_alpha(s))
-    return ratio * x - phi * model_s - (0.5 / r1) * phi * (model_s1 - model_s)
+        ratio, phi = schedule.sigma(t) / schedule.sigma(s), math.exp(schedule.log_alpha(t)) * math.expm1(-h)
+    else:
+        ratio, phi = math.exp(schedule.log_alpha(t) - schedule.log_alpha(s)), schedule.sigma(t) * math.expm1(h)
+    d = model_s if model_s1 is None else model_s + (0.5 / r1) * (model_s1 - model_s)
+    return ratio * x - phi * d
 
 
 def sample_dpm_solver(
@@ -360,27 +365,23 @@ def sample_dpm_solver(
         data_prediction: DPM-Solver++ (the model gives x̂0) instead of DPM-Solver (ε̂).
     """
     grid = schedule.time_grid(steps)
-    update1 = dpm_solver_first_update
+    lam = [schedule.lambda_(t) for t in grid]
     if multistep:
-        previous, t_prev = model(x, grid[0]), grid[0]
-        x = update1(x, previous, grid[0], grid[1], schedule, data_prediction)
+        previous = model(x, grid[0])
+        x = dpm_solver_step(x, previous, grid[0], grid[1], schedule, data_prediction)
         for i in range(1, steps):
             current = model(x, grid[i])
-            h = schedule.lambda_(grid[i + 1]) - schedule.lambda_(grid[i])
-            r0 = (schedule.lambda_(grid[i]) - schedule.lambda_(t_prev)) / h
-            # 2M as the singlestep formula with the previous evaluation behind s (r1 = −r0)
-            x = dpm_solver_second_update(x, current, previous, -r0, grid[i], grid[i + 1], schedule, data_prediction)
-            previous, t_prev = current, grid[i]
+            # the previous evaluation lies behind s, at r1 = −(λ_s − λ_prev)/h
+            r1 = -(lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])
+            x = dpm_solver_step(x, current, grid[i], grid[i + 1], schedule, data_prediction, previous, r1)
+            previous = current
         return x
-    i = 0
-    while i < steps:
-        s = grid[i]
+    for i in range(0, steps - 1, 2):
+        s, s1, t = grid[i], grid[i + 1], grid[i + 2]
         model_s = model(x, s)
-        if i + 2 > steps:
-            return update1(x, model_s, s, grid[i + 1], schedule, data_prediction)
-        s1, t = grid[i + 1], grid[i + 2]
-        r1 = (schedule.lambda_(s1) - schedule.lambda_(s)) / (schedule.lambda_(t) - schedule.lambda_(s))
-        u = update1(x, model_s, s, s1, schedule, data_prediction)
-        x = dpm_solver_second_update(x, model_s, model(u, s1), r1, s, t, schedule, data_prediction)
-        i += 2
+        u = dpm_solver_step(x, model_s, s, s1, schedule, data_prediction)
+        r1 = (lam[i + 1] - lam[i]) / (lam[i + 2] - lam[i])
+        x = dpm_solver_step(x, model_s, s, t, schedule, data_prediction, model(u, s1), r1)
+    if steps % 2:
+        x = dpm_solver_step(x, model(x, grid[-2]), grid[-2], grid[-1], schedule, data_prediction)
     return x

@@ -234,6 +234,8 @@ class DiagonalLaplacePosterior:
         self.fingerprint = fingerprint
         self.info = dict(info or {})
         self.convention = fisher_convention(convention)
+        # Masks of the parameters the loss never reads (``unread_entries``): they keep their trained values.
+        self.unread = unread_entries(self.fisher)
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -370,11 +372,6 @@ class DiagonalLaplacePosterior:
         return {n: f * scale + self.prior_precision for n, f in self.fisher.items()}
 
     @property
-    def unread(self) -> dict[str, torch.Tensor]:
-        """Masks of the parameters the loss never reads (``unread_entries``): they keep their trained values."""
-        return unread_entries(self.fisher)
-
-    @property
     def variance(self) -> dict[str, torch.Tensor]:
         """Temperature / precision per parameter, float64; 0 for parameters the loss never reads (``unread``).
 
@@ -382,8 +379,7 @@ class DiagonalLaplacePosterior:
         trained value rather than the prior's spread, which a sampler reading that output would turn
         into noise of the prior's making.
         """
-        unread = self.unread
-        return {n: (self.temperature / p).masked_fill(unread[n], 0.0) for n, p in self.precision.items()}
+        return {n: (self.temperature / p).masked_fill(self.unread[n], 0.0) for n, p in self.precision.items()}
 
     @property
     def std(self) -> dict[str, torch.Tensor]:
@@ -580,7 +576,8 @@ class DiagonalLaplacePosterior:
         h = torch.cat([f[read[n]] for n, f in self.fisher.items()])
         std = torch.cat([s[read[n]] for n, s in self.std.items()])
         mean = torch.cat([m.double()[read[n]] for n, m in self.mean.items()])
-        unread_units = int(self.unread["weight"].flatten(1).any(1).sum()) if "weight" in self.unread else 0
+        weight = self.unread["weight"]
+        unread_units = int(weight.flatten(1).all(1).sum()) if weight.dim() > 1 else 0  # whole rows of the weight
         return {
             "unread_parameters": self.num_params - h.numel(),
             "unread_units": unread_units,

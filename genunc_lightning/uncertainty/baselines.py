@@ -52,17 +52,11 @@ class BaselineScore(nn.Module):
 
 
 def _require_ddim(adapter: DiffusionAdapter, name: str) -> GaussianDiffusionAdapter:
-    scheduler = getattr(adapter, "scheduler", None)
-    if (
-        not isinstance(adapter, GaussianDiffusionAdapter)
-        or adapter.sampler is not Sampler.DDIM
-        or adapter.eta != 0
-        or scheduler is not None
-    ):
+    if not isinstance(adapter, GaussianDiffusionAdapter) or adapter.sampler is not Sampler.DDIM or adapter.eta != 0:
         kind = type(adapter).__name__
+        scheduler = getattr(adapter, "scheduler", None)  # an adapter that samples with one has no built-in sampler
         detail = f"sampler={getattr(adapter, 'sampler', None)}, eta={getattr(adapter, 'eta', None)}"
-        if scheduler is not None:
-            detail = f"the scheduler {type(scheduler).__name__}"
+        detail = f"the scheduler {type(scheduler).__name__}" if scheduler is not None else detail
         raise ValueError(
             f"{name} supports the deterministic DDIM sampler of GaussianDiffusionAdapter (sampler='ddim', eta=0, no "
             f"scheduler): its walk must be the kept sample's; this model is a {kind} with {detail}."
@@ -215,7 +209,7 @@ class AleatoricUncertainty(BaselineScore):
             if i % self.every:
                 return
             tt = torch.full((b,), t, device=x.device, dtype=torch.long)
-            x0, _ = ad.denoised(x, tt, classes)
+            x0 = ad.denoised(x, tt, classes)[0]
             draws = renoise(self.members, *x.shape[1:]).transpose(0, 1)
             a = ad.alpha_bars[t]
             xs = math.sqrt(a) * x0[None] + math.sqrt(1 - a) * draws  # [members, B, ...]
